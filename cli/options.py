@@ -1,0 +1,41 @@
+"""Click options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+import click
+
+seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+device_option = click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to compute; auto picks CUDA when available.",
+)
+allow_pickle_option = click.option(
+    "--allow-pickle",
+    is_flag=True,
+    default=False,
+    help="Allow unpickling .npy object arrays (e.g. DeepLense axion files). Unpickling can run "
+    "arbitrary code: use only on files you trust.",
+)
+nan_policy_option = click.option(
+    "--nan-policy",
+    type=click.Choice(["raise", "zero", "median", "interpolate", "drop"]),
+    default="raise",
+    show_default=True,
+    help="What to do with NaN/inf pixels, applied once right after reading.",
+)
+image_size_option = click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Bring every image to N x N (centre crop if larger, resize if smaller).",
+)
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML config file; explicit command-line flags override its values.",
+)

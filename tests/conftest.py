@@ -1,0 +1,9 @@
+"""Shared test settings: small, deterministic, single-threaded torch."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
