@@ -256,7 +256,8 @@ def config_from_sources(
     if unknown:
         where = f" in {yaml_path}" if yaml_path else ""
         raise ConfigError(
-            f"unknown config key(s){where}: {', '.join(unknown)}. Known: {', '.join(sorted(names))}."
+            f"unknown config key(s){where}: {', '.join(unknown)}. "
+            f"Known: {', '.join(sorted(names))}."
         )
     cfg = cls(**values)
     cfg.validate()  # type: ignore[attr-defined]
