@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import click
 
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
@@ -39,3 +42,28 @@ config_option = click.option(
     default=None,
     help="YAML config file; explicit command-line flags override its values.",
 )
+
+
+def explicit_params(
+    ctx: click.Context, params: Mapping[str, Any], exclude: Iterable[str] = ()
+) -> dict[str, Any]:
+    """The parameters the user gave explicitly (command line or environment), not defaults.
+
+    Use the result as ``overrides`` for ``config_from_sources`` so that a value from ``--config``
+    is not silently replaced by a flag's default.
+
+    Args:
+        ctx: the current click context (``click.get_current_context()``).
+        params: parameter name -> value, usually the command function's keyword arguments.
+        exclude: names never returned (e.g. ``config_path``).
+
+    Returns:
+        ``{name: value}`` for every parameter whose source is the command line or environment.
+    """
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    skip = set(exclude)
+    return {
+        name: value
+        for name, value in params.items()
+        if name not in skip and ctx.get_parameter_source(name) in given
+    }

@@ -121,6 +121,8 @@ class PretrainConfig(DataOptions):
     knn_monitor: bool = False
     knn_val_fraction: float = 0.1
     resume: bool = False
+    log_every_steps: int = 10  # metrics.jsonl line + NaN/inf check every N steps and at checkpoints
+    sync_batchnorm: bool = True  # multi-GPU DDP: SyncBatchNorm (statistics over the global batch)
 
     def validate(self) -> None:
         self._validate_data()
@@ -137,10 +139,19 @@ class PretrainConfig(DataOptions):
         _check_positive("temperature", self.temperature)
         _check_positive("lr", self.lr)
         _check_positive("max_steps", self.max_steps)
+        _check_positive("checkpoint_every_steps", self.checkpoint_every_steps)
+        _check_positive("log_every_steps", self.log_every_steps)
         if self.n_views < 2 and self.method.startswith(("simclr", "contrastive")):
             raise ConfigError(f"n_views must be >= 2 for {self.method}, got {self.n_views}.")
         if self.method == "blur" and len(self.blur_sigmas_px) < 2:
             raise ConfigError("blur pretext needs at least two blur_sigmas_px levels.")
+
+
+def _validate_data_auto(cfg: DataOptions) -> None:
+    """Data options where ``normalize='auto'`` means "as the run this one builds on"."""
+    _check_choice("normalize", cfg.normalize, ("auto",) + NORMALIZATIONS)
+    _check_choice("nan_policy", cfg.nan_policy, NAN_POLICIES)
+    _check_positive("image_size", cfg.image_size)
 
 
 @dataclass
@@ -163,11 +174,13 @@ class FinetuneConfig(DataOptions):
     weight_decay: float = 1e-4
     mlp_hidden_dim: int = 512
     augment: bool = True  # dihedral augmentation when the backbone is trained
+    feature_dihedral: bool = True  # frozen backbone: also cache features of 8 dihedral copies
+    normalize: str = "auto"  # auto: the pretrain run's normalisation (minmax without one)
     seed: int = 0
     device: str = "auto"
 
     def validate(self) -> None:
-        self._validate_data()
+        _validate_data_auto(self)
         if not self.data:
             raise ConfigError("finetune needs --data.")
         _check_choice("head", self.head, HEADS)
@@ -192,18 +205,19 @@ class EvaluateConfig(DataOptions):
 
     checkpoint: str = ""  # a finetune run folder
     data: str = ""
-    out: str = "metrics.json"
+    out: str = ""  # metrics.json path; "": <checkpoint>/metrics.json
     n_bootstrap: int = 1000
     ci_level: float = 0.95
     knn_k: int = 20
     knn_temperature: float = 0.07
     batch_size: int = 256
     ood_classes: list[str] = field(default_factory=list)
+    normalize: str = "auto"  # auto: the finetune run's normalisation
     seed: int = 0
     device: str = "auto"
 
     def validate(self) -> None:
-        self._validate_data()
+        _validate_data_auto(self)
         if not self.checkpoint or not self.data:
             raise ConfigError("evaluate needs --checkpoint RUN_DIR and --data TEST.")
         if not 0 < self.ci_level < 1:
@@ -229,6 +243,15 @@ class ReportConfig:
     def validate(self) -> None:
         if not self.runs:
             raise ConfigError("report needs at least one run folder.")
+        methods = ("integrated_gradients", "saliency", "gradcam")
+        unknown = [m for m in self.attribution_methods if m not in methods]
+        if unknown:
+            raise ConfigError(
+                f"unknown attribution method(s) {', '.join(unknown)}; choose from "
+                f"{', '.join(methods)}."
+            )
+        _check_positive("n_attribution_examples", self.n_attribution_examples, allow_zero=True)
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
 
 
 T = TypeVar("T")

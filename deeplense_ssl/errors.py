@@ -43,3 +43,7 @@ class CheckpointError(DeepLenseError, ValueError):
 
 class TrainingDivergedError(DeepLenseError, RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class MissingDependencyError(DeepLenseError, ImportError):
+    """An optional dependency (an extra such as ``sim`` for lenstronomy) is not installed."""

@@ -1,6 +1,27 @@
 """Reading and writing image files: the only module that touches data files.
 
-Readers return float32 arrays plus metadata; everything downstream takes arrays or tensors.
+Readers return arrays as stored plus metadata (labels, class names, source names, per-image
+parameters); :mod:`deeplense_ssl.cleaning` turns them into float32 ``(C, H, W)`` and everything
+downstream takes arrays or tensors.
+
+Supported inputs (``open_source`` decides from the path):
+
+* a DeepLense folder ``<root>/<class>/*.npy`` (class = folder name, classes sorted by name);
+  FITS files (``.fits``, ``.fit``, ``.fts``, ``.fits.gz``) work in class folders too;
+* a flat folder of ``.npy`` / FITS files, labelled by a CSV (``labels_csv``: columns ``file`` and
+  ``label``), by file-name rules (``label_pattern``, see :func:`parse_label_pattern`), or not at
+  all (one class ``unlabelled``);
+* one ``.npy`` / ``.npz`` / FITS file: 2-D is one image, 3-D is a stack ``(N, H, W)``, 4-D a
+  stack ``(N, C, H, W)`` or ``(N, H, W, C)``; labels from the ``.npz`` key ``labels`` / ``y`` or
+  the ``labels`` argument (an array or a ``.npy`` / text file);
+* HDF5: the package's own layout (below) or a generic file with one image dataset (``images``,
+  ``X``, ``x``, ``data``, ``image``) and optionally one label dataset (``labels``, ``y``,
+  ``label``, ``targets``); name them with ``images_key`` / ``labels_key`` when ambiguous.
+
+In folders every file holds one image, in any of the layouts ``(H, W)``, ``(1, H, W)``,
+``(C, H, W)``, ``(H, W, C)``. Pickled ``.npy`` files (DeepLense axion files, object arrays
+``[image, axion_mass]``) are refused unless ``allow_pickle=True``; their mass is kept as the
+per-image parameter ``axion_mass`` (NaN for images without one).
 
 The package's HDF5 layout (written by ``convert`` and ``simulate``, format ``deeplense_ssl.v1``):
 
@@ -15,15 +36,22 @@ name               shape / type                 meaning
 attrs              ``class_names`` (JSON list), ``format``, ``deeplense_ssl_version``,
                    ``created_utc``, ``provenance`` (JSON), ``nan_policy``, ...
 =================  ===========================  =============================================
+
+``images`` is chunked one image per chunk, uncompressed: measured fastest for random access of
+single images (``benchmarks/loader_speed.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,6 +76,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -86,8 +117,6 @@ def write_hdf5(
     Returns:
         The final path.
     """
-    import h5py
-
     images = np.asarray(images)
     labels = np.asarray(labels)
     n = len(images)
@@ -95,29 +124,990 @@ def write_hdf5(
         raise DataError(f"images must be (N, C, H, W), got shape {images.shape}.", path)
     if labels.shape != (n,):
         raise DataError(f"{n} images but labels have shape {labels.shape}.", path)
-    if n and (labels.min() < 0 or labels.max() >= len(class_names)):
-        raise DataError(f"labels must lie in [0, {len(class_names)}).", path)
-    if not np.isfinite(images).all():
-        raise DataError("images contain NaN/inf; clean them first (nan_policy).", path)
-    sources = list(sources) if sources is not None else [""] * n
-    nan_counts = np.zeros(n, np.int64) if nan_counts is None else np.asarray(nan_counts, np.int64)
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        chunks = (max(1, min(chunk_images, n)),) + images.shape[1:] if n else None
-        f.create_dataset("images", data=images.astype(np.float32, copy=False), chunks=chunks)
-        f.create_dataset("labels", data=labels.astype(np.int64, copy=False))
-        f.create_dataset("nan_counts", data=nan_counts)
-        f.create_dataset("sources", data=np.array(sources, dtype=object), dtype=h5py.string_dtype())
-        if params:
-            grp = f.create_group("params")
-            for key, value in params.items():
-                value = np.asarray(value)
-                if len(value) != n:
-                    raise DataError(f"params/{key} has {len(value)} rows for {n} images.", path)
-                grp.create_dataset(key, data=value)
-        f.attrs["format"] = HDF5_FORMAT
-        f.attrs["class_names"] = json.dumps(list(class_names))
-        f.attrs["deeplense_ssl_version"] = __version__
-        f.attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = value if isinstance(value, str | int | float) else json.dumps(value)
+    for key, value in (params or {}).items():
+        if len(np.asarray(value)) != n:
+            raise DataError(f"params/{key} has {len(np.asarray(value))} rows for {n} images.", path)
+    with HDF5Writer(
+        path, n, images.shape[1:], class_names, attrs=attrs, chunk_images=chunk_images
+    ) as writer:
+        writer.append(images, labels, sources=sources, nan_counts=nan_counts, params=params)
     return Path(path)
+
+
+class HDF5Writer:
+    """Write the package's HDF5 layout block by block, atomically (for data larger than memory).
+
+    Use as a context manager; the file appears under its final name only when the block exits
+    without error. Fewer rows than announced (e.g. images dropped by ``nan_policy="drop"``)
+    are fine: the datasets are shrunk on close.
+
+    Args:
+        path: final output file.
+        n_max: the most images that will be appended.
+        image_shape: (C, H, W) of every image.
+        class_names: names in label order.
+        attrs: extra provenance attributes (str/int/float stored as is, others as JSON).
+        chunk_images: images per chunk of ``images``.
+
+    Example:
+        >>> with HDF5Writer("out.h5", n, (1, 64, 64), ["cdm", "no_sub"]) as w:  # doctest: +SKIP
+        ...     w.append(block_images, block_labels, sources=block_sources)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_max: int,
+        image_shape: Sequence[int],
+        class_names: Sequence[str],
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        chunk_images: int = 1,
+    ):
+        self.path = Path(path)
+        self.n_max = int(n_max)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.class_names = list(class_names)
+        self.attrs = dict(attrs or {})
+        self.chunk_images = max(1, int(chunk_images))
+        self.n = 0
+        self._ctx: Any = None
+        self._file: Any = None
+
+    def __enter__(self) -> HDF5Writer:
+        import h5py
+
+        if len(self.image_shape) != 3:
+            raise DataError(f"image shape must be (C, H, W), got {self.image_shape}.", self.path)
+        self._ctx = atomic_output(self.path)
+        tmp = self._ctx.__enter__()
+        try:
+            f = self._file = h5py.File(tmp, "w")
+            n = self.n_max
+            chunks = (min(self.chunk_images, n),) + self.image_shape if n else None
+            f.create_dataset(
+                "images",
+                (n, *self.image_shape),
+                np.float32,
+                chunks=chunks,
+                maxshape=(None, *self.image_shape),
+            )
+            for name in ("labels", "nan_counts"):
+                f.create_dataset(
+                    name,
+                    (n,),
+                    np.int64,
+                    chunks=(max(1, min(n, 65536)),) if n else None,
+                    maxshape=(None,),
+                )
+            f.create_dataset(
+                "sources",
+                (n,),
+                h5py.string_dtype(),
+                chunks=(max(1, min(n, 65536)),) if n else None,
+                maxshape=(None,),
+            )
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        return self
+
+    def append(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        sources: Sequence[str] | None = None,
+        nan_counts: np.ndarray | None = None,
+        params: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Append a block of images.
+
+        Args:
+            images: (B, C, H, W) finite values (cast to float32).
+            labels: (B,) class indices into ``class_names``.
+            sources: (B,) source names.
+            nan_counts: (B,) non-finite pixels found in each source image before cleaning.
+            params: per-image parameters, arrays with leading dimension B (NaN = unknown).
+        """
+        f = self._file
+        images = np.asarray(images)
+        labels = np.asarray(labels)
+        b = len(images)
+        if images.shape[1:] != self.image_shape or images.ndim != 4:
+            raise DataError(
+                f"image block has shape {images.shape}, expected (B, {self.image_shape}).",
+                self.path,
+            )
+        if labels.shape != (b,):
+            raise DataError(f"{b} images but labels have shape {labels.shape}.", self.path)
+        if b and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+            raise DataError(f"labels must lie in [0, {len(self.class_names)}).", self.path)
+        if not np.isfinite(images).all():
+            raise DataError("images contain NaN/inf; clean them first (nan_policy).", self.path)
+        if self.n + b > self.n_max:
+            raise DataError(f"more than the announced {self.n_max} images.", self.path)
+        lo, hi = self.n, self.n + b
+        if b:
+            f["images"][lo:hi] = images.astype(np.float32, copy=False)
+            f["labels"][lo:hi] = labels.astype(np.int64, copy=False)
+            counts = np.zeros(b, np.int64) if nan_counts is None else np.asarray(nan_counts)
+            f["nan_counts"][lo:hi] = counts.astype(np.int64, copy=False)
+            names = [""] * b if sources is None else [str(v) for v in sources]
+            if len(names) != b:
+                raise DataError(f"{b} images but {len(names)} source names.", self.path)
+            f["sources"][lo:hi] = np.array(names, dtype=object)
+        for key, value in (params or {}).items():
+            value = np.asarray(value)
+            if len(value) != b:
+                raise DataError(f"params/{key} has {len(value)} rows for {b} images.", self.path)
+            name = f"params/{key}"
+            if name not in f:
+                fill = np.nan if np.issubdtype(value.dtype, np.floating) else 0
+                f.create_dataset(
+                    name,
+                    (self.n_max, *value.shape[1:]),
+                    value.dtype,
+                    fillvalue=fill,
+                    maxshape=(None, *value.shape[1:]),
+                )
+            if b:
+                f[name][lo:hi] = value
+        self.n = hi
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is not None:
+            self._abort(exc)
+            return
+        f = self._file
+        try:
+            if self.n != self.n_max:
+                for name in ("images", "labels", "nan_counts", "sources"):
+                    f[name].resize(self.n, axis=0)
+                for ds in f.get("params", {}).values():
+                    ds.resize(self.n, axis=0)
+            f.attrs["format"] = HDF5_FORMAT
+            f.attrs["class_names"] = json.dumps(self.class_names)
+            f.attrs["deeplense_ssl_version"] = __version__
+            f.attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            for key, value in self.attrs.items():
+                f.attrs[key] = value if isinstance(value, str | int | float) else json.dumps(value)
+            f.close()
+        except BaseException as err:
+            self._abort(err)
+            raise
+        self._ctx.__exit__(None, None, None)
+
+    def _abort(self, exc: BaseException) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+        self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+
+# ----------------------------------------------------------------------------- reading
+
+IMAGE_SUFFIXES = (".npy", ".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+IMAGE_KEYS = ("images", "X", "x", "data", "image")
+LABEL_KEYS = ("labels", "y", "label", "targets")
+PICKLE_HINT = (
+    "pass allow_pickle=True (CLI: --allow-pickle) only if you trust the file, since "
+    "unpickling can run arbitrary code"
+)
+
+
+@dataclass
+class RawData:
+    """Images as stored in the source plus their metadata (output of :func:`read_source`).
+
+    Attributes:
+        images: one array per image, in the stored dtype and layout (not yet ``(C, H, W)``).
+        labels: (N,) int64 class indices.
+        class_names: names in label order.
+        sources: (N,) file name (and ``[index]`` inside stacked files) of each image.
+        params: per-image parameters, arrays of length N (NaN where unknown), e.g. ``axion_mass``.
+        meta: source-level metadata (``kind``, ``path``, stored HDF5 attributes, ...).
+    """
+
+    images: list[np.ndarray]
+    labels: np.ndarray
+    class_names: list[str]
+    sources: list[str]
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Source:
+    """A readable image source: length, labels, class names and source names are known up front;
+    pixels are read lazily, in blocks (so big inputs stream instead of filling memory).
+
+    Do not build directly; use :func:`open_source`. Close it (or use ``with``) when done.
+
+    Attributes:
+        path: the input path.
+        kind: ``folder`` | ``flat-folder`` | ``npy`` | ``npz`` | ``fits`` | ``hdf5``.
+        labels: (N,) int64.
+        class_names: names in label order.
+        sources: (N,) source name of each image.
+        meta: extra information (e.g. stored HDF5 attributes, ``labelled``).
+        stacked: True when all images come from one array (blocks are then one ndarray).
+    """
+
+    stacked = False
+
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        labels: np.ndarray,
+        class_names: list[str],
+        sources: list[str],
+        meta: dict[str, Any] | None = None,
+    ):
+        self.path = path
+        self.kind = kind
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names)
+        self.sources = sources
+        self.meta = dict(meta or {})
+        self.meta.setdefault("kind", kind)
+        self.meta.setdefault("path", str(path))
+        if len(self.labels) != len(self.sources):
+            raise DataError(
+                f"{len(self.sources)} images but {len(self.labels)} labels; give one label per "
+                "image.",
+                path,
+            )
+        if len(self.labels) == 0:
+            raise DataError("no images found; point to a file or folder with images.", path)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read_block(self, start: int, stop: int) -> tuple[Any, dict[str, np.ndarray]]:
+        """Read images ``start:stop`` as stored.
+
+        Returns:
+            (images, params): a list of arrays (or one stacked ndarray when ``stacked``) and
+            per-image parameter arrays of length ``stop - start``.
+        """
+        raise NotImplementedError
+
+    def iter_blocks(
+        self, block_size: int = 1024
+    ) -> Iterator[tuple[int, Any, dict[str, np.ndarray]]]:
+        """Yield ``(start, images, params)`` for consecutive blocks of at most ``block_size``."""
+        for start in range(0, len(self), block_size):
+            stop = min(start + block_size, len(self))
+            images, params = self.read_block(start, stop)
+            yield start, images, params
+
+    def close(self) -> None:
+        """Release open files."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _FileListSource(Source):
+    """One image per file (npy or FITS)."""
+
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        files: list[Path],
+        labels: np.ndarray,
+        class_names: list[str],
+        allow_pickle: bool,
+        meta: dict[str, Any] | None = None,
+    ):
+        self.files = files
+        self.allow_pickle = allow_pickle
+        root = path if path.is_dir() else path.parent
+        names = [_relative(f, root) for f in files]
+        super().__init__(path, kind, labels, class_names, names, meta)
+
+    def read_block(self, start: int, stop: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        images = []
+        masses = np.full(stop - start, np.nan)
+        for j, file in enumerate(self.files[start:stop]):
+            image, params = read_image_file(file, allow_pickle=self.allow_pickle)
+            if image.ndim not in (2, 3):
+                raise DataError(
+                    f"expected one image (H, W), (C, H, W) or (H, W, C) per file, got shape "
+                    f"{image.shape}; stacks of images are read when the file is given directly.",
+                    file,
+                )
+            images.append(image)
+            if "axion_mass" in params:
+                masses[j] = params["axion_mass"]
+        params_out = {} if np.isnan(masses).all() else {"axion_mass": masses}
+        return images, params_out
+
+
+class _ArraySource(Source):
+    """All images in one array-like (memory-mapped npy, npz member, FITS cube, HDF5 dataset)."""
+
+    stacked = True
+
+    def __init__(
+        self,
+        path: Path,
+        kind: str,
+        array: Any,
+        labels: np.ndarray | None,
+        class_names: list[str] | None,
+        params: dict[str, Any] | None = None,
+        sources: list[str] | None = None,
+        meta: dict[str, Any] | None = None,
+        closer: Any = None,
+    ):
+        shape = tuple(array.shape)
+        if len(shape) == 2:  # one image
+            array = _OneImage(array)
+            shape = (1, *shape)
+        if len(shape) not in (3, 4):
+            raise DataError(
+                f"expected a stack of images (N, H, W) / (N, C, H, W) / (N, H, W, C), got shape "
+                f"{shape}.",
+                path,
+            )
+        n = shape[0]
+        meta = dict(meta or {})
+        if labels is None:
+            labels = np.zeros(n, np.int64)
+            class_names = class_names or ["unlabelled"]
+            meta.setdefault("labelled", False)
+        labels = _as_labels(labels, path)
+        if len(labels) != n:
+            raise DataError(
+                f"{n} images but {len(labels)} labels; give exactly one label per image.", path
+            )
+        if class_names is None:
+            class_names = [f"class_{k}" for k in range(int(labels.max()) + 1 if n else 0)]
+        if n and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise DataError(
+                f"labels must lie in [0, {len(class_names)}) for classes {class_names}, got "
+                f"{labels.min()}..{labels.max()}.",
+                path,
+            )
+        self.array = array
+        self.params = {k: v for k, v in (params or {}).items()}
+        for key, value in self.params.items():
+            if len(value) != n:
+                raise DataError(f"parameter {key!r} has {len(value)} rows for {n} images.", path)
+        self._closer = closer
+        if sources is None:
+            sources = [f"{path.name}[{i}]" for i in range(n)] if n > 1 else [path.name]
+        super().__init__(path, kind, labels, class_names, sources, meta)
+
+    def read_block(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        try:
+            block = np.asarray(self.array[start:stop])
+        except (OSError, ValueError) as exc:  # truncated memmap, corrupt HDF5 chunk
+            raise DataError(
+                f"cannot read images {start}..{stop - 1} ({exc}); the file may be truncated or "
+                "corrupt: re-create or re-download it.",
+                self.path,
+                start,
+            ) from exc
+        params = {k: np.asarray(v[start:stop]) for k, v in self.params.items()}
+        return block, params
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+
+class _OneImage:
+    """View a single 2-D image as a stack of one."""
+
+    def __init__(self, image: Any):
+        self.image = image
+        self.shape = (1, *image.shape)
+
+    def __getitem__(self, item: slice) -> np.ndarray:
+        return np.asarray(self.image)[None][item]
+
+
+def open_source(
+    path: str | Path,
+    *,
+    allow_pickle: bool = False,
+    labels: Any = None,
+    labels_csv: str | Path | None = None,
+    label_pattern: str | None = None,
+    images_key: str | None = None,
+    labels_key: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Source:
+    """Open any supported input (see the module docstring) for block-wise reading.
+
+    Args:
+        path: a file or folder.
+        allow_pickle: allow unpickling object ``.npy`` files (trusted files only).
+        labels: labels of a single stacked array file: an int array or a path to a ``.npy`` /
+            text file with one integer per image.
+        labels_csv: CSV with columns ``file`` and ``label`` (class name or integer) labelling the
+            files of a flat folder.
+        label_pattern: file-name rules labelling a flat folder, see :func:`parse_label_pattern`.
+        images_key: name of the image dataset/array in an HDF5 or ``.npz`` file.
+        labels_key: name of the label dataset/array in an HDF5 or ``.npz`` file.
+        class_names: class names in label order for inputs that do not store them.
+
+    Raises:
+        DataError: the path does not exist, holds no images, or is malformed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("no such file or folder; check the path.", path)
+    if path.is_dir():
+        return _open_folder(path, allow_pickle, labels_csv, label_pattern)
+    name = path.name.lower()
+    names = list(class_names) if class_names is not None else None
+    if name.endswith(HDF5_SUFFIXES):
+        return _open_hdf5(path, images_key, labels_key, names)
+    if name.endswith(".npz"):
+        return _open_npz(path, allow_pickle, labels, images_key, labels_key, names)
+    if name.endswith(".npy"):
+        return _open_npy(path, allow_pickle, labels, names)
+    if name.endswith(IMAGE_SUFFIXES):
+        return _open_fits(path, labels, names)
+    raise DataError(
+        "unsupported file type; use .npy, .npz, .h5/.hdf5, .fits or a folder of them.", path
+    )
+
+
+def read_source(path: str | Path, **kwargs: Any) -> RawData:
+    """Read every image of any supported input as stored (small inputs; see :func:`open_source`).
+
+    Args:
+        path: a file or folder.
+        **kwargs: passed to :func:`open_source`.
+
+    Returns:
+        A :class:`RawData`.
+    """
+    with open_source(path, **kwargs) as src:
+        images: list[np.ndarray] = []
+        params: dict[str, list[np.ndarray]] = {}
+        for start, block, block_params in src.iter_blocks():
+            images.extend(list(block))
+            for key, value in block_params.items():
+                params.setdefault(key, [np.full(start, np.nan)]).append(value)
+            for key in params:
+                if key not in block_params:
+                    params[key].append(np.full(len(block), np.nan))
+        return RawData(
+            images=images,
+            labels=src.labels.copy(),
+            class_names=list(src.class_names),
+            sources=list(src.sources),
+            params={k: np.concatenate(v) for k, v in params.items()},
+            meta=dict(src.meta),
+        )
+
+
+def read_hdf5(path: str | Path, **kwargs: Any) -> RawData:
+    """Read an HDF5 file (the package's layout or a generic one) completely.
+
+    Args:
+        path: the HDF5 file.
+        **kwargs: ``images_key``, ``labels_key``, ``class_names`` as in :func:`open_source`.
+
+    Returns:
+        A :class:`RawData` whose ``images`` is one ``(N, C, H, W)`` (or as stored) ndarray.
+    """
+    with _open_hdf5(
+        Path(path), kwargs.get("images_key"), kwargs.get("labels_key"), kwargs.get("class_names")
+    ) as src:
+        images, params = src.read_block(0, len(src))
+        return RawData(
+            images,
+            src.labels.copy(),
+            list(src.class_names),
+            list(src.sources),
+            params,
+            dict(src.meta),
+        )
+
+
+def read_image_file(path: str | Path, *, allow_pickle: bool = False) -> tuple[np.ndarray, dict]:
+    """Read one ``.npy`` or FITS file holding one image (or a stack when given directly).
+
+    Returns:
+        (array as stored, params) where params holds ``axion_mass`` for DeepLense axion files.
+
+    Raises:
+        DataError: unreadable, truncated, pickled without opt-in, or no image data.
+    """
+    path = Path(path)
+    if path.name.lower().endswith(".npy"):
+        return _read_npy(path, allow_pickle=allow_pickle, mmap=False)
+    return _read_fits(path), {}
+
+
+def parse_label_pattern(pattern: str) -> list[tuple[str | None, re.Pattern[str]]]:
+    """Parse file-name labelling rules.
+
+    Two forms are accepted:
+
+    * rules ``"name=regex;name=regex"``, tried in order; the first regex found (``re.search``) in
+      the file name gives the class ``name``. Example for the real HST set:
+      ``"non_lens=^nl_;lens=_hst"``;
+    * one regex with a capture group (or a group named ``label``); the captured text is the
+      class name. Example: ``"^(cdm|axion|no_sub)_"``.
+
+    Returns:
+        A list of ``(class name or None for the capture form, compiled regex)``.
+
+    Raises:
+        DataError: an invalid regex.
+    """
+    parts = [p for p in pattern.split(";") if p.strip()]
+    try:
+        if parts and all(re.match(r"^\s*[\w.+-]+\s*=", p) for p in parts):
+            rules: list[tuple[str | None, re.Pattern[str]]] = []
+            for part in parts:
+                name, regex = part.split("=", 1)
+                rules.append((name.strip(), re.compile(regex.strip())))
+            return rules
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise DataError(f"invalid label pattern {pattern!r}: {exc}.") from exc
+    if compiled.groups < 1:
+        raise DataError(
+            f"label pattern {pattern!r} needs a capture group such as '^(nl)_', or rules "
+            "'name=regex;name=regex'."
+        )
+    return [(None, compiled)]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _relative(file: Path, root: Path) -> str:
+    try:
+        return file.relative_to(root).as_posix()
+    except ValueError:
+        return file.name
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _open_folder(path: Path, allow_pickle: bool, labels_csv: Any, label_pattern: Any) -> Source:
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    subdirs = [p for p in entries if p.is_dir()]
+    loose = [p for p in entries if _is_image_file(p)]
+    class_dirs = [d for d in subdirs if any(_is_image_file(p) for p in d.iterdir())]
+    if class_dirs and not loose:
+        if labels_csv or label_pattern:
+            raise DataError(
+                "this folder has class sub-folders, which already give the labels; drop "
+                "labels_csv / label_pattern or point to a flat folder.",
+                path,
+            )
+        files, labels = [], []
+        names = [d.name for d in class_dirs]
+        for k, d in enumerate(class_dirs):
+            found = sorted(p for p in d.iterdir() if _is_image_file(p))
+            files.extend(found)
+            labels.extend([k] * len(found))
+        return _FileListSource(
+            path, "folder", files, np.array(labels, np.int64), names, allow_pickle
+        )
+    if class_dirs and loose:
+        raise DataError(
+            f"mixes class sub-folders ({', '.join(d.name for d in class_dirs)}) with loose image "
+            f"files (e.g. {loose[0].name}); move the loose files into a class folder.",
+            path,
+        )
+    if not loose:
+        if subdirs:
+            raise DataError(
+                "no image files here or directly inside its sub-folders "
+                f"({', '.join(d.name for d in subdirs[:5])}); point to the folder whose "
+                "sub-folders are the classes (e.g. the 'train' folder).",
+                path,
+            )
+        raise DataError(
+            "empty folder: no .npy or FITS files; point to a folder of images or a data file.",
+            path,
+        )
+    if labels_csv:
+        labels, names = _labels_from_csv(Path(labels_csv), loose)
+    elif label_pattern:
+        labels, names = _labels_from_pattern(label_pattern, loose, path)
+    else:
+        labels, names = np.zeros(len(loose), np.int64), ["unlabelled"]
+        return _FileListSource(
+            path, "flat-folder", loose, labels, names, allow_pickle, {"labelled": False}
+        )
+    return _FileListSource(path, "flat-folder", loose, labels, names, allow_pickle)
+
+
+def _labels_from_pattern(pattern: str, files: list[Path], root: Path) -> tuple[np.ndarray, list]:
+    rules = parse_label_pattern(pattern)
+    found: list[str] = []
+    for file in files:
+        name = None
+        for cls, regex in rules:
+            m = regex.search(file.name)
+            if m is None:
+                continue
+            if cls is not None:
+                name = cls
+            else:
+                name = m.groupdict().get("label") or m.group(1)
+            if name:
+                break
+        if not name:
+            raise DataError(
+                f"file name matches no rule of label pattern {pattern!r}; add a rule for it or "
+                "move the file out.",
+                file,
+            )
+        found.append(name)
+    if rules[0][0] is not None:  # rules: class order = rule order (only those used)
+        order = [cls for cls, _ in rules if cls in set(found)]
+        order = list(dict.fromkeys(order))
+    else:
+        order = sorted(set(found))
+    index = {c: k for k, c in enumerate(order)}
+    return np.array([index[c] for c in found], np.int64), order
+
+
+def _labels_from_csv(csv_path: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
+    if not csv_path.is_file():
+        raise DataError("labels CSV not found; check the path.", csv_path)
+    try:
+        with open(csv_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read labels CSV ({exc}).", csv_path) from exc
+    if not rows:
+        raise DataError("labels CSV has no rows; expected columns 'file' and 'label'.", csv_path)
+    cols = {c.strip().lower(): c for c in rows[0] if c is not None}
+    file_col = next((cols[c] for c in ("file", "filename", "path", "name") if c in cols), None)
+    label_col = next((cols[c] for c in ("label", "class", "labels", "target") if c in cols), None)
+    if file_col is None or label_col is None:
+        raise DataError(
+            f"labels CSV needs columns 'file' and 'label', found {list(rows[0])}.", csv_path
+        )
+    mapping: dict[str, str] = {}
+    for i, row in enumerate(rows):
+        key = Path(str(row[file_col]).strip()).name
+        mapping[key] = str(row[label_col]).strip()
+        if not key or not mapping[key]:
+            raise DataError("empty file name or label in CSV row.", csv_path, i)
+    values = []
+    for file in files:
+        if file.name not in mapping:
+            raise DataError(
+                f"{file.name} is not listed in the labels CSV; add a row for it or move it out.",
+                csv_path,
+            )
+        values.append(mapping[file.name])
+    if all(re.fullmatch(r"-?\d+", v) for v in values):
+        labels = np.array([int(v) for v in values], np.int64)
+        if labels.min() < 0:
+            raise DataError("integer labels in the CSV must be >= 0.", csv_path)
+        names = [f"class_{k}" for k in range(int(labels.max()) + 1)]
+        return labels, names
+    names = sorted(set(values))
+    index = {c: k for k, c in enumerate(names)}
+    return np.array([index[v] for v in values], np.int64), names
+
+
+def _as_labels(labels: Any, path: Path) -> np.ndarray:
+    if isinstance(labels, str | Path):
+        lp = Path(labels)
+        if not lp.is_file():
+            raise DataError("labels file not found; check the path.", lp)
+        try:
+            labels = np.load(lp, allow_pickle=False) if lp.suffix == ".npy" else np.loadtxt(lp)
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"cannot read labels ({exc}); expected one integer per image.", lp
+            ) from exc
+    arr = np.asarray(labels)
+    if arr.ndim == 2 and arr.shape[1] > 1:  # one-hot
+        arr = arr.argmax(axis=1)
+    arr = arr.reshape(-1)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise DataError("labels must be whole numbers (class indices).", path)
+    elif arr.dtype.kind not in "iub":
+        raise DataError(f"labels must be integers, got dtype {arr.dtype}.", path)
+    return arr.astype(np.int64)
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset in bytes) from a .npy header."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(
+            f"not a readable .npy file ({exc}); it may be corrupt or truncated: re-create or "
+            "re-download it.",
+            path,
+        ) from exc
+    return shape, dtype, offset
+
+
+def _read_npy(path: Path, *, allow_pickle: bool, mmap: bool) -> tuple[np.ndarray, dict]:
+    shape, dtype, _ = _npy_header(path)
+    if dtype.hasobject:
+        if not allow_pickle:
+            raise DataError(
+                "is a pickled object array (e.g. a DeepLense axion file [image, mass]); it is "
+                f"refused by default: {PICKLE_HINT}.",
+                path,
+            )
+        return _read_pickled(path)
+    try:
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(
+            f"cannot read .npy ({exc}); the file is corrupt or truncated: re-create or "
+            "re-download it.",
+            path,
+        ) from exc
+    return array, {}
+
+
+def _read_pickled(path: Path) -> tuple[np.ndarray, dict]:
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling can raise anything
+        raise DataError(f"cannot unpickle .npy ({exc}); the file is corrupt.", path) from exc
+    params: dict[str, float] = {}
+    if obj.dtype == object and obj.shape == (2,) and np.ndim(obj[1]) == 0:
+        image, extra = obj[0], obj[1]
+        try:
+            params["axion_mass"] = float(extra)
+        except (TypeError, ValueError):
+            pass
+    elif obj.dtype == object and obj.ndim >= 1 and len(obj) >= 1:
+        image = obj[0] if obj.ndim == 1 else obj
+    else:
+        image = obj
+    try:
+        if getattr(image, "dtype", None) == np.dtype(object):
+            image = np.asarray(image.tolist(), dtype=float)
+        image = np.asarray(image)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"pickled object array without a numeric image ({exc}); expected [image, mass].", path
+        ) from exc
+    return image, params
+
+
+def _open_npy(path: Path, allow_pickle: bool, labels: Any, class_names: Any) -> Source:
+    shape, dtype, offset = _npy_header(path)
+    if dtype.hasobject:  # a single pickled (axion) file: one image
+        image, params = _read_npy(path, allow_pickle=allow_pickle, mmap=False)
+        meta = {"params_scalar": params}
+        src_params = {k: np.array([v]) for k, v in params.items()}
+        return _ArraySource(
+            path, "npy", _stack_one(image, path), labels, class_names, src_params, meta=meta
+        )
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    data_bytes = path.stat().st_size - offset
+    if data_bytes < expected:
+        raise DataError(
+            f"truncated .npy: header promises {expected} data bytes, file has only {data_bytes} "
+            "bytes; re-create or re-download it.",
+            path,
+        )
+    array, _ = _read_npy(path, allow_pickle=False, mmap=True)
+    return _ArraySource(path, "npy", array, labels, class_names, meta={"memmap": True})
+
+
+def _stack_one(image: np.ndarray, path: Path) -> np.ndarray:
+    if image.ndim in (2, 3):
+        return image[None]
+    raise DataError(f"expected one image per pickled file, got shape {image.shape}.", path)
+
+
+def _open_npz(
+    path: Path, allow_pickle: bool, labels: Any, images_key: Any, labels_key: Any, class_names: Any
+) -> Source:
+    import zipfile
+
+    try:
+        npz = np.load(path, allow_pickle=allow_pickle)
+        keys = list(npz.keys())
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(
+            f"cannot read .npz ({exc}); the file is corrupt or truncated.", path
+        ) from exc
+    ikey = _pick_key(
+        path, keys, images_key, IMAGE_KEYS, "image", "images_key", fallback_single=True
+    )
+    lkey = _pick_key(path, keys, labels_key, LABEL_KEYS, "label", "labels_key", required=False)
+    try:
+        images = npz[ikey]
+        if labels is None and lkey is not None:
+            labels = npz[lkey]
+        if class_names is None and "class_names" in keys:
+            class_names = [str(c) for c in npz["class_names"]]
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataError(f"holds pickled object arrays; {PICKLE_HINT}.", path) from exc
+        raise DataError(f"cannot read .npz member ({exc}); the file is corrupt.", path) from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read .npz member ({exc}); the file is corrupt.", path) from exc
+    if images.dtype == object:
+        raise DataError("image array is an object array; store a numeric (N, ...) array.", path)
+    return _ArraySource(path, "npz", images, labels, class_names, closer=npz.close)
+
+
+def _pick_key(
+    path: Path,
+    keys: list[str],
+    given: Any,
+    candidates: tuple[str, ...],
+    what: str,
+    option: str,
+    required: bool = True,
+    fallback_single: bool = False,
+) -> Any:
+    if given is not None:
+        if given not in keys:
+            raise DataError(f"has no {what} dataset {given!r}; it has {keys}.", path)
+        return given
+    found = [k for k in keys if k.rsplit("/", 1)[-1] in candidates]  # nested HDF5 names too
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        raise DataError(
+            f"ambiguous {what} datasets {found}; name the one to use with {option}.", path
+        )
+    if fallback_single and len(keys) == 1:
+        return keys[0]
+    if required:
+        raise DataError(
+            f"no {what} dataset found (looked for {', '.join(candidates)}; it has {keys}); "
+            f"name it with {option}.",
+            path,
+        )
+    return None
+
+
+def _open_hdf5(path: Path, images_key: Any, labels_key: Any, class_names: Any) -> Source:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(
+            f"not a readable HDF5 file ({exc}); it may be corrupt or truncated.", path
+        ) from exc
+    try:
+        datasets: dict[str, Any] = {}
+
+        def collect(name: str, obj: Any) -> None:  # visititems stops at a non-None return
+            if isinstance(obj, h5py.Dataset):
+                datasets[name] = obj
+
+        f.visititems(collect)
+        keys = list(datasets)
+        ours = f.attrs.get("format") == HDF5_FORMAT
+        ikey = _pick_key(
+            path,
+            keys,
+            images_key or ("images" if ours else None),
+            IMAGE_KEYS,
+            "image",
+            "images_key",
+        )
+        lkey = _pick_key(
+            path,
+            keys,
+            labels_key or ("labels" if ours else None),
+            LABEL_KEYS,
+            "label",
+            "labels_key",
+            required=False,
+        )
+        images = datasets[ikey]
+        if images.dtype.kind not in "fiub":
+            raise DataError(f"dataset {ikey!r} has non-numeric dtype {images.dtype}.", path)
+        labels = datasets[lkey][()] if lkey is not None else None
+        if class_names is None and "class_names" in f.attrs:
+            raw = f.attrs["class_names"]
+            class_names = (
+                json.loads(raw)
+                if isinstance(raw, str)
+                else [c.decode() if isinstance(c, bytes) else str(c) for c in raw]
+            )
+        sources = None
+        if "sources" in datasets and len(datasets["sources"]) == len(images):
+            sources = [
+                s.decode() if isinstance(s, bytes) else str(s) for s in datasets["sources"][()]
+            ]
+        params = {}
+        if "params" in f and isinstance(f["params"], h5py.Group):
+            params = {k: v for k, v in f["params"].items() if isinstance(v, h5py.Dataset)}
+        meta: dict[str, Any] = {k: _attr(v) for k, v in f.attrs.items()}
+        meta["images_key"] = ikey
+        if "nan_counts" in datasets and len(datasets["nan_counts"]) == len(images):
+            meta["nan_counts"] = np.asarray(datasets["nan_counts"][()], np.int64)
+        return _ArraySource(
+            path, "hdf5", images, labels, class_names, params, sources, meta, closer=f.close
+        )
+    except BaseException:
+        f.close()
+        raise
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _read_fits(path: Path) -> np.ndarray:
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)  # we raise our own error
+            hdul = fits.open(path, memmap=False)
+        with hdul:
+            for hdu in hdul:
+                if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2:
+                    return np.asarray(hdu.data)
+    except (OSError, ValueError, TypeError, EOFError) as exc:
+        raise DataError(
+            f"not a readable FITS file ({exc}); it may be corrupt or truncated.", path
+        ) from exc
+    raise DataError(
+        "FITS file has no image data (no HDU with a 2-D or higher array); point to a FITS "
+        "image or cube.",
+        path,
+    )
+
+
+def _open_fits(path: Path, labels: Any, class_names: Any) -> Source:
+    data = _read_fits(path)
+    return _ArraySource(path, "fits", data, labels, class_names)

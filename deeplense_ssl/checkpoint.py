@@ -1,0 +1,300 @@
+"""Atomic torch checkpoints and pretrain run folders.
+
+A pretrain run folder (written by :func:`deeplense_ssl.train.pretrain`) holds:
+
+==================  ==========================================================================
+``config.json``     ``{"kind": "pretrain", "deeplense_ssl_version", "config", "resolved",
+                    "backbone_spec"}`` (``backbone_spec`` is ``backbone.spec``: ``name``,
+                    ``in_chans``, ``stem``, ``feature_dim``): the resolved config plus what
+                    the data fixed (input shape, world size, learning rate actually used).
+``checkpoint.pt``   the latest full training state (see :func:`save_checkpoint`), atomic.
+``backbone.pt``     the final backbone ``state_dict`` in torchvision key layout (minus ``fc``);
+                    written only when training finishes.
+``metrics.jsonl``   one JSON object per logged step / epoch.
+``loss_curve.png``  the training loss against the optimiser step.
+==================  ==========================================================================
+
+Every checkpoint holds only tensors and plain Python types (dict, list, str, int, float, bool,
+None) so that it loads with ``torch.load(..., weights_only=True)``: random-number-generator states
+and the config are converted to tensors / plain types by :func:`capture_rng_state` and
+:func:`config_to_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import CheckpointError
+
+CHECKPOINT_FORMAT = "deeplense_ssl.pretrain_checkpoint.v1"
+RUN_KIND = "pretrain"
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+BACKBONE_FILE = "backbone.pt"
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+# --------------------------------------------------------------------------- atomic save / load
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` with ``torch.save`` atomically: temp file + fsync + ``os.replace``.
+
+    A reader (or a resumed run after SIGKILL) sees either the previous complete file or the new
+    complete file, never a partial one. The directory entry is fsynced as well where the OS
+    allows it.
+
+    Args:
+        path: final file name (e.g. ``run/checkpoint.pt``); its folder is created if needed.
+        state: a mapping of tensors and plain Python types (it must load with
+            ``weights_only=True``).
+
+    Returns:
+        The final path.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, final)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+    return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, expect_format: bool = True
+) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors go (``"cpu"`` by default).
+        expect_format: check that it is a deeplense_ssl pretrain checkpoint (``format`` key).
+
+    Raises:
+        CheckpointError: missing, unreadable, not a weights-only file, or a foreign checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip, unsafe globals...
+        raise CheckpointError(
+            f"{path}: cannot load as a weights-only torch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})."
+        ) from exc
+    if expect_format and (not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT):
+        raise CheckpointError(
+            f"{path}: not a deeplense_ssl pretrain checkpoint (expected format "
+            f"{CHECKPOINT_FORMAT!r})."
+        )
+    return state
+
+
+def load_state_dict_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a plain ``state_dict`` file (e.g. ``backbone.pt``) with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: missing or unreadable file, or not a mapping of tensors.
+    """
+    state = load_checkpoint(path, map_location, expect_format=False)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors).")
+    return state
+
+
+# --------------------------------------------------------------------------- RNG states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The torch, CUDA, NumPy (legacy global) and Python RNG states as tensors / plain types.
+
+    Returns:
+        ``{"torch": uint8 tensor, "cuda": [uint8 tensor per device], "numpy": {...},
+        "python": {...}}``, safe for ``weights_only=True`` loading.
+    """
+    np_state = np.random.get_state()  # noqa: NPY002 (legacy global state is what we restore)
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_version),
+            "internal": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss": py_gauss,
+        },
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states captured by :func:`capture_rng_state`.
+
+    CUDA states are restored only when the same number of devices is visible.
+    """
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+    nps = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            nps["name"],
+            nps["keys"].numpy().astype(np.uint32),
+            nps["pos"],
+            nps["has_gauss"],
+            nps["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def write_run_config(run_dir: str | Path, payload: Mapping[str, Any]) -> Path:
+    """Write ``config.json`` atomically (adds ``kind`` and ``deeplense_ssl_version``)."""
+    from .io import atomic_output
+
+    data = {"kind": RUN_KIND, "deeplense_ssl_version": __version__, **payload}
+    path = Path(run_dir) / CONFIG_FILE
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """Read a pretrain run folder's ``config.json``.
+
+    Raises:
+        CheckpointError: missing folder or file, invalid JSON, or not a pretrain run folder.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run folder.")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir}: not a pretrain run folder (no {CONFIG_FILE}); pass the --out folder of "
+            "`deeplense-ssl pretrain`."
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable run config ({exc}).") from exc
+    if not isinstance(data, dict) or data.get("kind") != RUN_KIND or "backbone_spec" not in data:
+        raise CheckpointError(
+            f"{run_dir}: {CONFIG_FILE} is not from a deeplense_ssl pretrain run "
+            f"(kind={data.get('kind') if isinstance(data, dict) else None!r})."
+        )
+    return data
+
+
+def load_pretrained_backbone(
+    run_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the pretrained backbone of a finished pretrain run.
+
+    Args:
+        run_dir: a folder written by :func:`deeplense_ssl.train.pretrain`.
+        map_location: where the weights are loaded.
+
+    Returns:
+        ``(backbone, info)``: the features-only backbone (``backbone(x)`` maps
+        ``(B, in_chans, H, W)`` to ``(B, feature_dim)``) with its pretrained weights, in eval
+        mode, and ``info`` with keys ``backbone`` (registry name), ``stem``, ``in_chans``,
+        ``feature_dim``, ``config`` (the pretrain config dict), ``normalize``, ``image_size``
+        (``None``: native size), ``nan_policy``, ``input_shape`` ``[C, H, W]`` seen in
+        pretraining, ``method``, ``step``, ``epoch`` and ``deeplense_ssl_version``.
+
+    Raises:
+        CheckpointError: missing or foreign folder, unfinished run (no ``backbone.pt``; resume
+            it), or weights that do not match the recorded backbone.
+    """
+    from .backbones import build_backbone
+
+    run_dir = Path(run_dir)
+    meta = read_run_config(run_dir)
+    spec = meta["backbone_spec"]
+    weights = run_dir / BACKBONE_FILE
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{run_dir}: no {BACKBONE_FILE}: the pretraining did not finish. Resume it with "
+            "`deeplense-ssl pretrain ... --resume` (same --out)."
+        )
+    state = load_state_dict_file(weights, map_location)
+    backbone = build_backbone(spec["name"], in_chans=int(spec["in_chans"]), stem=spec["stem"])
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{weights}: weights do not match backbone {spec['name']!r} "
+            f"(stem={spec['stem']!r}, in_chans={spec['in_chans']}): {str(exc).splitlines()[0]}"
+        ) from exc
+    backbone.to(map_location).eval()
+    cfg = meta["config"]
+    resolved = meta.get("resolved", {})
+    info = {
+        "backbone": spec["name"],
+        "stem": spec["stem"],
+        "in_chans": int(spec["in_chans"]),
+        "feature_dim": int(spec["feature_dim"]),
+        "config": cfg,
+        "normalize": cfg.get("normalize"),
+        "image_size": cfg.get("image_size"),
+        "nan_policy": cfg.get("nan_policy"),
+        "input_shape": resolved.get("input_shape"),
+        "method": cfg.get("method"),
+        "step": resolved.get("final_step"),
+        "epoch": resolved.get("final_epoch"),
+        "deeplense_ssl_version": meta.get("deeplense_ssl_version"),
+    }
+    return backbone, info
+
+
+def backbone_state_for_file(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The ``backbone.pt`` content: torchvision key layout (minus ``fc``), CPU tensors."""
+    from .backbones import backbone_state_dict_for_torchvision
+
+    return backbone_state_dict_for_torchvision(backbone)

@@ -1,0 +1,460 @@
+"""Pure array functions that turn images as stored into clean float32 ``(C, H, W)`` arrays.
+
+Order of operations (``datasets.load_dataset`` and ``convert`` follow it):
+
+1. :func:`to_chw_float32` / :func:`to_nchw_float32`: layout ``(H, W)``, ``(1, H, W)``,
+   ``(C, H, W)`` or ``(H, W, C)`` -> ``(C, H, W)``; any numeric dtype (int64 counts, uint8,
+   float64, big-endian FITS ``>f4``) -> native float32 keeping the values (no rescaling).
+2. :func:`apply_nan_policy`: non-finite pixels (NaN and +-inf) handled once, right after
+   reading, and counted in a :class:`NanReport`.
+3. :func:`fit_size`: a fixed ``image_size``. Rule (``mode="auto"``): an axis larger than the
+   size is centre-cropped (keeps the pixel scale, so arcsec per pixel stays physical); if an
+   axis is still smaller, the image is resized (bilinear) up to the size. ``mode="resize"``
+   always resizes (antialiased when shrinking), ``mode="crop"`` only crops and refuses small
+   images.
+4. :func:`normalize_images`: ``none``, ``minmax`` (per image, to [0, 1]), ``zscore`` (per
+   image), ``zscore-dataset`` (per channel with statistics from :func:`fit_normalization` on the
+   training split only), ``asinh`` (per-image min-max, then ``asinh(x / 0.1) / asinh(1 / 0.1)``).
+   Per-image statistics are taken over all channels together, so band ratios are kept. A
+   constant image maps to zeros instead of dividing by zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import NAN_POLICIES, NORMALIZATIONS
+from .errors import ConfigError, DataError
+
+FIT_MODES = ("auto", "crop", "resize")
+ASINH_SOFTENING = 0.1
+MAX_CHANNELS = 16
+
+
+@dataclass
+class NanReport:
+    """How many non-finite pixels (NaN, +-inf) a NaN policy touched.
+
+    Attributes:
+        pixels_touched: non-finite pixels replaced (or inside dropped images).
+        images_touched: images with at least one non-finite pixel.
+        images_dropped: images removed (``nan_policy="drop"``).
+        policy: the policy applied.
+    """
+
+    pixels_touched: int = 0
+    images_touched: int = 0
+    images_dropped: int = 0
+    policy: str = "raise"
+
+    def __add__(self, other: NanReport) -> NanReport:
+        return NanReport(
+            self.pixels_touched + other.pixels_touched,
+            self.images_touched + other.images_touched,
+            self.images_dropped + other.images_dropped,
+            other.policy,
+        )
+
+
+@dataclass
+class NormStats:
+    """Per-channel dataset statistics for ``zscore-dataset`` (fit on the training split only).
+
+    Attributes:
+        mean: (C,) mean per channel.
+        std: (C,) standard deviation per channel (constant channels get 1).
+        n_images: images the statistics were computed from.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    n_images: int = 0
+    method: str = field(default="zscore-dataset")
+
+    def to_dict(self) -> dict:
+        """JSON-safe form (stored in checkpoints)."""
+        return {
+            "method": self.method,
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "n_images": int(self.n_images),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NormStats:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            np.asarray(data["mean"], np.float64),
+            np.asarray(data["std"], np.float64),
+            int(data.get("n_images", 0)),
+        )
+
+
+# ----------------------------------------------------------------------------- layout and dtype
+
+
+def _channel_first(shape: tuple[int, ...]) -> bool | None:
+    """For a 3-D image shape: True if (C, H, W), False if (H, W, C), None if it cannot tell."""
+    first, last = shape[0], shape[-1]
+    if first <= MAX_CHANNELS and (first < last or first == last):
+        return True
+    if last <= MAX_CHANNELS and last < first:
+        return False
+    return None
+
+
+def _to_float32(array: np.ndarray, path: object, index: int | None) -> np.ndarray:
+    kind = array.dtype.kind
+    if kind not in "fiub":
+        raise DataError(
+            f"image has non-numeric dtype {array.dtype}; expected integer or float pixels.",
+            path,
+            index,
+        )
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
+        out = np.asarray(array).astype(np.float32)  # native byte order, values kept
+    if kind == "f" and array.dtype.itemsize > 4:
+        bad = ~np.isfinite(out)
+        if bad.any() and np.isfinite(np.asarray(array)[bad]).any():
+            raise DataError(
+                "pixel values exceed the float32 range (|x| > 3.4e38); rescale the data first.",
+                path,
+                index,
+            )
+    return out
+
+
+def to_chw_float32(
+    image: np.ndarray, *, path: object = None, index: int | None = None
+) -> np.ndarray:
+    """One image in any common layout -> float32 ``(C, H, W)``, native byte order, contiguous.
+
+    The channel axis of a 3-D array is the first or last axis, whichever is at most 16 and
+    smaller than the other (ties: channel-first).
+
+    Args:
+        image: (H, W), (1, H, W), (C, H, W) or (H, W, C); int/uint/float of any width or byte order.
+        path: source file, for error messages.
+        index: image index inside ``path``, for error messages.
+
+    Returns:
+        (C, H, W) float32 with the same values (int64 counts stay counts, uint8 stays 0..255).
+
+    Raises:
+        DataError: not 2-D/3-D, unknown channel axis, non-numeric dtype, or float32 overflow.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[None]
+    elif image.ndim == 3:
+        first = _channel_first(image.shape)
+        if first is None:
+            raise DataError(
+                f"cannot tell the channel axis of an image of shape {image.shape} (neither the "
+                f"first nor the last axis is <= {MAX_CHANNELS}); store it as (C, H, W).",
+                path,
+                index,
+            )
+        if not first:
+            image = np.moveaxis(image, -1, 0)
+    else:
+        raise DataError(
+            f"expected one image (H, W), (C, H, W) or (H, W, C), got shape {image.shape}.",
+            path,
+            index,
+        )
+    return np.ascontiguousarray(_to_float32(image, path, index))
+
+
+def to_nchw_float32(images: np.ndarray, *, path: object = None, start: int = 0) -> np.ndarray:
+    """A stack ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` -> float32 ``(N, C, H, W)``.
+
+    Args:
+        images: the stack, any numeric dtype.
+        path: source file, for error messages.
+        start: index of the first image inside ``path``, for error messages.
+
+    Returns:
+        (N, C, H, W) float32, native byte order, contiguous.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4:
+        first = _channel_first(images.shape[1:])
+        if first is None:
+            raise DataError(
+                f"cannot tell the channel axis of images of shape {images.shape[1:]}; store "
+                "them as (N, C, H, W).",
+                path,
+                start,
+            )
+        if not first:
+            images = np.moveaxis(images, -1, 1)
+    else:
+        raise DataError(
+            f"expected a stack (N, H, W), (N, C, H, W) or (N, H, W, C), got {images.shape}.",
+            path,
+            start,
+        )
+    return np.ascontiguousarray(_to_float32(images, path, start))
+
+
+# ----------------------------------------------------------------------------- NaN policies
+
+
+def count_nonfinite(images: np.ndarray) -> np.ndarray:
+    """Non-finite pixels (NaN, +-inf) per image of an ``(N, ...)`` array -> (N,) int64."""
+    images = np.asarray(images)
+    if images.dtype.kind in "iub":
+        return np.zeros(len(images), np.int64)
+    return (~np.isfinite(images)).reshape(len(images), -1).sum(axis=1).astype(np.int64)
+
+
+def _fill_median(image: np.ndarray, bad: np.ndarray) -> None:
+    for c in range(image.shape[0]):
+        if bad[c].any():
+            good = image[c][~bad[c]]
+            image[c][bad[c]] = np.median(good) if good.size else 0.0
+
+
+def _fill_interpolate(image: np.ndarray, bad: np.ndarray) -> None:
+    """Replace each bad pixel by the mean of its finite 8-neighbours, growing inward until done.
+
+    A first pass equals astropy ``interpolate_replace_nans`` with a 3x3 box kernel for isolated
+    bad pixels; larger holes are filled from their rim over several passes. A channel with no
+    finite pixel becomes 0.
+    """
+    for c in range(image.shape[0]):
+        plane, hole = image[c], bad[c].copy()
+        if not hole.any():
+            continue
+        if hole.all():
+            plane[:] = 0.0
+            continue
+        plane[hole] = 0.0
+        while hole.any():
+            values = np.pad(np.where(hole, 0.0, plane).astype(np.float64), 1)
+            valid = np.pad((~hole).astype(np.float64), 1)
+            total = np.zeros(plane.shape, np.float64)
+            count = np.zeros(plane.shape, np.float64)
+            h, w = plane.shape
+            for dy in (0, 1, 2):
+                for dx in (0, 1, 2):
+                    if dy == 1 and dx == 1:
+                        continue
+                    total += values[dy : dy + h, dx : dx + w]
+                    count += valid[dy : dy + h, dx : dx + w]
+            fill = hole & (count > 0)
+            plane[fill] = (total[fill] / count[fill]).astype(plane.dtype)
+            hole &= ~fill
+
+
+def apply_nan_policy(
+    images: np.ndarray,
+    policy: str = "raise",
+    *,
+    sources: list[str] | None = None,
+    path: object = None,
+    start: int = 0,
+) -> tuple[np.ndarray, np.ndarray, NanReport]:
+    """Handle non-finite pixels of an image stack once, right after reading.
+
+    Args:
+        images: (N, C, H, W) float array (not modified; a cleaned copy is returned when needed).
+        policy: ``raise`` (error naming the first bad image), ``zero``, ``median`` (median of
+            the image channel's finite pixels), ``interpolate`` (mean of finite 8-neighbours,
+            holes filled from their rim inward), ``drop`` (remove the image).
+        sources: (N,) source names for error messages.
+        path: file named in errors when ``sources`` is not given.
+        start: index of ``images[0]`` in the source, for error messages.
+
+    Returns:
+        (cleaned, kept, report): cleaned (M, C, H, W) float32 (M = N unless dropping), ``kept``
+        (M,) int64 indices into the input, and the :class:`NanReport`.
+
+    Raises:
+        DataError: ``policy="raise"`` and a non-finite pixel exists.
+        ConfigError: unknown policy.
+    """
+    if policy not in NAN_POLICIES:
+        raise ConfigError(f"nan_policy={policy!r} is not one of {', '.join(NAN_POLICIES)}.")
+    images = np.asarray(images, dtype=np.float32)
+    counts = count_nonfinite(images)
+    touched = np.flatnonzero(counts)
+    report = NanReport(int(counts.sum()), len(touched), 0, policy)
+    all_idx = np.arange(len(images), dtype=np.int64)
+    if len(touched) == 0:
+        return images, all_idx, report
+    if policy == "raise":
+        i = int(touched[0])
+        where = sources[i] if sources is not None else path
+        raise DataError(
+            f"{int(counts[i])} non-finite pixels (NaN/inf) ({len(touched)} image(s) affected in "
+            "this block); choose a NaN policy: nan_policy / --nan-policy zero, median, "
+            "interpolate or drop.",
+            where,
+            None if sources is not None else start + i,
+        )
+    if policy == "drop":
+        kept = np.flatnonzero(counts == 0).astype(np.int64)
+        report.images_dropped = len(touched)
+        return images[kept], kept, report
+    out = images.copy()
+    for i in touched:
+        bad = ~np.isfinite(out[i])
+        if policy == "zero":
+            out[i][bad] = 0.0
+        elif policy == "median":
+            _fill_median(out[i], bad)
+        else:
+            _fill_interpolate(out[i], bad)
+    return out, all_idx, report
+
+
+# ----------------------------------------------------------------------------- size
+
+
+def center_crop(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre crop of ``(..., H, W)`` to ``(..., height, width)`` (no-op on smaller axes).
+
+    The crop starts at ``(H - height) // 2`` (for odd excess the extra pixel goes to the end).
+    """
+    h, w = images.shape[-2:]
+    top = max(0, (h - height) // 2)
+    left = max(0, (w - width) // 2)
+    return images[..., top : top + min(h, height), left : left + min(w, width)]
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of ``(N, C, H, W)`` to ``(N, C, size, size)`` (antialiased when shrinking).
+
+    Uses ``torch.nn.functional.interpolate`` with ``align_corners=False``.
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    shrink = size < images.shape[-2] or size < images.shape[-1]
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return y.numpy()
+
+
+def fit_size(
+    images: np.ndarray,
+    size: int | None,
+    mode: str = "auto",
+    *,
+    path: object = None,
+) -> np.ndarray:
+    """Bring ``(N, C, H, W)`` images to ``(N, C, size, size)``.
+
+    ``auto`` (default): centre-crop axes larger than ``size`` (keeps the pixel scale), then, if
+    an axis is still smaller, resize bilinearly up to ``size``. ``resize``: always resize.
+    ``crop``: centre-crop only; a smaller image is an error.
+
+    Args:
+        images: (N, C, H, W) float32.
+        size: target side in pixels; None returns the input.
+        mode: ``auto`` | ``crop`` | ``resize``.
+        path: file named in errors.
+
+    Returns:
+        (N, C, size, size) float32.
+    """
+    if size is None:
+        return images
+    if mode not in FIT_MODES:
+        raise ConfigError(f"fit mode {mode!r} is not one of {', '.join(FIT_MODES)}.")
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    if mode == "resize":
+        return resize(images, size)
+    out = center_crop(images, size, size)
+    if out.shape[-2:] != (size, size):
+        if mode == "crop":
+            raise DataError(
+                f"image of {h}x{w} px is smaller than image_size={size}; use a smaller "
+                "image_size or the auto/resize mode.",
+                path,
+            )
+        out = resize(out, size)
+    return np.ascontiguousarray(out)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def fit_normalization(images: np.ndarray) -> NormStats:
+    """Per-channel mean and std of (training) images, for ``zscore-dataset``.
+
+    Args:
+        images: (N, C, H, W) finite; pass only the training split (``images[train_idx]``).
+
+    Returns:
+        :class:`NormStats` computed in float64 (std of a constant channel is set to 1).
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise DataError(f"fit_normalization needs (N, C, H, W) with N > 0, got {images.shape}.")
+    c = images.shape[1]
+    total = np.zeros(c)
+    total_sq = np.zeros(c)
+    n_pix = 0
+    for start in range(0, len(images), 4096):  # bounded memory for large sets
+        block = images[start : start + 4096].astype(np.float64)
+        total += block.sum(axis=(0, 2, 3))
+        n_pix += block.shape[0] * block.shape[2] * block.shape[3]
+    mean = total / n_pix
+    for start in range(0, len(images), 4096):
+        block = images[start : start + 4096].astype(np.float64)
+        total_sq += ((block - mean[None, :, None, None]) ** 2).sum(axis=(0, 2, 3))
+    std = np.sqrt(total_sq / n_pix)
+    std[std == 0] = 1.0
+    return NormStats(mean, std, len(images))
+
+
+def normalize_images(
+    images: np.ndarray, method: str = "minmax", stats: NormStats | None = None
+) -> np.ndarray:
+    """Scale images; see the module docstring for each method.
+
+    Args:
+        images: (N, C, H, W) finite float32.
+        method: ``none`` | ``minmax`` | ``zscore`` | ``zscore-dataset`` | ``asinh``.
+        stats: required for ``zscore-dataset`` (from :func:`fit_normalization` on training data).
+
+    Returns:
+        (N, C, H, W) float32 (a new array unless ``method="none"``).
+    """
+    if method not in NORMALIZATIONS:
+        raise ConfigError(f"normalize={method!r} is not one of {', '.join(NORMALIZATIONS)}.")
+    images = np.asarray(images, dtype=np.float32)
+    if method == "none" or len(images) == 0:
+        return images
+    if method == "zscore-dataset":
+        if stats is None:
+            raise ConfigError(
+                "normalize='zscore-dataset' needs statistics from the training split: "
+                "stats = fit_normalization(images[train_idx])."
+            )
+        mean = np.asarray(stats.mean, np.float32)[None, :, None, None]
+        std = np.asarray(stats.std, np.float32)[None, :, None, None]
+        return (images - mean) / std
+    axes = (1, 2, 3)
+    if method == "zscore":
+        mean = images.mean(axis=axes, keepdims=True, dtype=np.float64)
+        std = images.std(axis=axes, keepdims=True, dtype=np.float64)
+        safe = np.where(std > 0, std, 1.0)
+        return ((images - mean) / safe).astype(np.float32)
+    lo = images.min(axis=axes, keepdims=True)
+    span = images.max(axis=axes, keepdims=True) - lo
+    safe = np.where(span > 0, span, 1.0)
+    scaled = (images - lo) / safe
+    if method == "minmax":
+        return scaled.astype(np.float32, copy=False)
+    a = ASINH_SOFTENING
+    return (np.arcsinh(scaled / a) / np.arcsinh(1.0 / a)).astype(np.float32)

@@ -1,0 +1,260 @@
+"""Tests of load_dataset, splits, label fractions, LensingDataset, convert and summarize."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+from deeplense_ssl.datasets import (
+    LensingDataset,
+    convert_dataset,
+    label_fraction_subset,
+    load_dataset,
+    render_data_card,
+    stratified_split,
+    summarize,
+)
+from deeplense_ssl.errors import ConfigError, DataError
+from deeplense_ssl.io import read_hdf5
+
+CARD_SECTIONS = [
+    "## Dataset description",
+    "## Dataset structure",
+    "## Creation / simulation parameters",
+    "## Known problems",
+    "## Intended use",
+    "## Citation",
+]
+
+
+def _mixed_folder(root: Path) -> dict[str, np.ndarray]:
+    """A DeepLense-like folder with every per-file layout and dtype; returns (C,H,W) truths."""
+    rng = np.random.default_rng(0)
+    truth = {}
+    layouts = [
+        lambda a: a[0].astype(np.int64),  # (H, W) int64 counts
+        lambda a: a.astype(">f4"),  # (1, H, W) big-endian
+        lambda a: np.moveaxis(a, 0, -1).astype(np.float64),  # (H, W, 1)
+        lambda a: a.astype(np.uint8),  # (1, H, W) uint8
+    ]
+    for k, name in enumerate(("no_sub", "cdm")):
+        (root / name).mkdir(parents=True)
+        for i, layout in enumerate(layouts):
+            chw = rng.integers(0, 250, (1, 18, 18)).astype(np.float32)
+            if k == 1 and i == 2:
+                chw[0, 4, 4] = np.nan
+            np.save(root / name / f"{i}.npy", layout(chw))
+            truth[f"{name}/{i}.npy"] = chw
+    return truth
+
+
+def test_load_folder_mixed_layouts_dtypes_and_nan(tmp_path: Path):
+    truth = _mixed_folder(tmp_path / "d")
+    with pytest.raises(DataError, match=r"cdm/2.npy: 1 non-finite pixels"):
+        load_dataset(tmp_path / "d")
+    data = load_dataset(tmp_path / "d", nan_policy="zero", normalize="none")
+    assert data.images.shape == (8, 1, 18, 18) and data.images.dtype == np.float32
+    assert data.class_names == ["cdm", "no_sub"] and data.labels.dtype == np.int64
+    for img, src in zip(data.images, data.sources, strict=True):
+        np.testing.assert_array_equal(img, np.nan_to_num(truth[src], nan=0.0))
+    assert (data.nan_report.pixels_touched, data.nan_report.images_touched) == (1, 1)
+    assert data.meta["nan_counts"].tolist() == [0, 0, 1, 0, 0, 0, 0, 0]
+    dropped = load_dataset(tmp_path / "d", nan_policy="drop", normalize="minmax")
+    assert len(dropped) == 7 and "cdm/2.npy" not in dropped.sources
+    assert dropped.nan_report.images_dropped == 1
+    assert dropped.meta["source_index"].tolist() == [0, 1, 3, 4, 5, 6, 7]
+    assert dropped.images.min() == 0.0 and dropped.images.max() == 1.0
+
+
+def test_mixed_shapes_need_image_size(tmp_path: Path):
+    root = tmp_path / "d" / "lens"
+    root.mkdir(parents=True)
+    np.save(root / "a.npy", np.ones((3, 20, 20)))
+    np.save(root / "b.npy", np.ones((3, 24, 23)))
+    np.save(root / "c.npy", np.ones((12, 14, 3)))
+    with pytest.raises(DataError, match=r"lens/b.npy: image shape \(3, 24, 23\).*--image-size"):
+        load_dataset(tmp_path / "d", block_size=1)
+    data = load_dataset(tmp_path / "d", image_size=16, normalize="none")
+    assert data.images.shape == (3, 3, 16, 16)
+    np.testing.assert_allclose(data.images, 1.0, rtol=1e-6)
+    np.save(root / "d.npy", np.ones((1, 20, 20)))
+    with pytest.raises(DataError, match=r"d.npy.*same number of channels"):
+        load_dataset(tmp_path / "d", image_size=16)
+
+
+def test_axion_mass_kept_as_per_image_metadata(tmp_path: Path):
+    root = tmp_path / "d"
+    (root / "axion").mkdir(parents=True)
+    (root / "no_sub").mkdir()
+    for i, mass in enumerate((1e-23, 5e-23)):
+        obj = np.array([np.full((10, 10), i + 1.0), mass], dtype=object)
+        np.save(root / "axion" / f"{i}.npy", obj, allow_pickle=True)
+    np.save(root / "no_sub" / "0.npy", np.zeros((10, 10)))
+    with pytest.raises(DataError, match="allow_pickle"):
+        load_dataset(root)
+    data = load_dataset(root, allow_pickle=True, normalize="none")
+    mass = data.meta["params"]["axion_mass"]
+    assert mass[:2].tolist() == [1e-23, 5e-23] and np.isnan(mass[2])
+
+
+def test_zscore_dataset_is_fit_on_train_only(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (40, 1, 8, 8)).astype(np.float32)
+    y = np.repeat([0, 1], 20)
+    np.savez(tmp_path / "a.npz", images=x, labels=y)
+    data = load_dataset(tmp_path / "a.npz", normalize="zscore-dataset")
+    assert data.normalization_pending
+    with pytest.raises(ConfigError, match="fit_normalization"):
+        LensingDataset(data)
+    split = stratified_split(data.labels, 0.25, seed=1)
+    stats = data.fit_normalization(split["train"])
+    assert stats.mean[0] == pytest.approx(x[split["train"]].astype(np.float64).mean())
+    np.testing.assert_allclose(data.images, (x - stats.mean[0]) / stats.std[0], atol=1e-6)
+    again = load_dataset(tmp_path / "a.npz", normalize="zscore-dataset", norm_stats=stats.to_dict())
+    np.testing.assert_allclose(again.images, data.images, rtol=1e-6)
+    assert len(LensingDataset(again)) == 40
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 30), min_size=1, max_size=4),
+    val=st.floats(0, 0.45),
+    test=st.floats(0, 0.45),
+    seed=st.integers(0, 1000),
+)
+def test_stratified_split_properties(counts, val, test, seed):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    np.random.default_rng(seed).shuffle(labels)
+    split = stratified_split(labels, val, test, seed=seed)
+    allidx = np.concatenate([split["train"], split["val"], split["test"]])
+    assert sorted(allidx.tolist()) == list(range(len(labels)))  # disjoint and complete
+    for c, n in enumerate(counts):
+        n_test = (labels[split["test"]] == c).sum()
+        n_val = (labels[split["val"]] == c).sum()
+        assert (labels[split["train"]] == c).sum() >= 1
+        assert abs(n_test - n * test) <= 1 or n_test == n - 1
+        assert abs(n_val - n * val) <= 1 or n_val + n_test == n - 1
+    again = stratified_split(labels, val, test, seed=seed)
+    for key in split:
+        np.testing.assert_array_equal(split[key], again[key])
+
+
+def test_stratified_split_seed_and_bad_fractions():
+    labels = np.repeat([0, 1, 2], 50)
+    a = stratified_split(labels, 0.2, 0.2, seed=0)
+    b = stratified_split(labels, 0.2, 0.2, seed=1)
+    assert not np.array_equal(a["val"], b["val"])
+    assert [len(a[k]) for k in ("train", "val", "test")] == [90, 30, 30]
+    with pytest.raises(ConfigError):
+        stratified_split(labels, 0.6, 0.5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(counts=st.lists(st.integers(1, 40), min_size=1, max_size=4), seed=st.integers(0, 99))
+def test_label_fraction_subsets_are_nested_and_keep_every_class(counts, seed):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    indices = np.flatnonzero(np.arange(len(labels)) % 3 != 1)  # a "training split"
+    prev: set[int] = set()
+    for frac in (0.01, 0.1, 0.5, 1.0):
+        sub = label_fraction_subset(indices, labels, frac, seed)
+        assert set(sub) <= set(indices.tolist())
+        assert prev <= set(sub.tolist())  # nested
+        prev = set(sub.tolist())
+        for c in np.unique(labels[indices]):
+            n_c = (labels[indices] == c).sum()
+            k = (labels[sub] == c).sum()
+            assert k == max(1, int(np.floor(frac * n_c + 0.5)))
+    np.testing.assert_array_equal(sub, np.sort(indices))  # fraction 1 keeps everything
+    with pytest.raises(ConfigError):
+        label_fraction_subset(indices, labels, 0.0, seed)
+
+
+def test_lensing_dataset_with_dataloader(tmp_path: Path):
+    x = np.random.default_rng(0).random((10, 2, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", images=x, labels=np.arange(10) % 2)
+    data = load_dataset(tmp_path / "a.npz", normalize="none")
+    ds = LensingDataset(data, [1, 3, 5])
+    img, label = ds[1]
+    assert isinstance(img, torch.Tensor) and img.shape == (2, 8, 8) and label == 1
+    np.testing.assert_array_equal(img.numpy(), x[3])
+    xb, yb = next(iter(DataLoader(ds, batch_size=3)))
+    assert xb.shape == (3, 2, 8, 8) and yb.dtype == torch.int64
+    assert ds.labels.tolist() == [1, 1, 1] and ds.class_names == ["class_0", "class_1"]
+
+
+def test_convert_streams_in_blocks_and_matches_load(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(23, 12, 12))
+    x[7, 0, 0] = np.nan
+    x[19, 3, 3] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.arange(23) % 3)
+    out, report = convert_dataset(
+        tmp_path / "x.npy",
+        tmp_path / "o.h5",
+        nan_policy="drop",
+        block_size=5,
+        labels=tmp_path / "y.npy",
+    )
+    assert report.images_dropped == 2
+    ref = load_dataset(
+        tmp_path / "x.npy", nan_policy="drop", normalize="none", labels=tmp_path / "y.npy"
+    )
+    raw = read_hdf5(out)
+    np.testing.assert_array_equal(raw.images, ref.images)
+    np.testing.assert_array_equal(raw.labels, ref.labels)
+    assert raw.sources == ref.sources and "x.npy[7]" not in raw.sources
+    with h5py.File(out) as f:
+        assert f.attrs["nan_policy"] == "drop" and "provenance" in f.attrs
+    again = load_dataset(out, normalize="none")
+    np.testing.assert_array_equal(again.images, ref.images)
+    out2, _ = convert_dataset(tmp_path / "x.npy", tmp_path / "z.h5", nan_policy="zero")
+    assert load_dataset(out2).meta["nan_counts"].sum() == 2  # counts found at conversion kept
+
+
+def test_convert_failure_in_a_late_block_leaves_nothing(tmp_path: Path):
+    x = np.zeros((12, 6, 6))
+    x[10, 1, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DataError, match=r"x.npy \[image 10\]"):
+        convert_dataset(tmp_path / "x.npy", tmp_path / "out" / "o.h5", block_size=4)
+    assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(ConfigError, match="training split"):
+        convert_dataset(tmp_path / "x.npy", tmp_path / "out" / "o.h5", normalize="zscore-dataset")
+
+
+def test_summarize_counts_raw_problems(tmp_path: Path):
+    root = tmp_path / "d"
+    (root / "lens").mkdir(parents=True)
+    (root / "nonlens").mkdir()
+    a = np.arange(100.0).reshape(10, 10)
+    a[0, :3] = np.nan
+    a[1, 0] = np.inf
+    np.save(root / "lens" / "a.npy", a)
+    np.save(root / "lens" / "b.npy", np.full((10, 10), 4.0))
+    np.save(root / "nonlens" / "c.npy", np.arange(100, dtype=np.int64).reshape(1, 10, 10))
+    s = summarize(root)
+    assert s["counts_per_class"] == {"lens": 2, "nonlens": 1}
+    assert (s["nan_pixels"], s["inf_pixels"], s["total_pixels"]) == (3, 1, 300)
+    assert s["nan_fraction"] == pytest.approx(0.01)
+    assert s["images_with_nonfinite"] == 1 and s["nonfinite_examples"] == ["lens/a.npy"]
+    assert s["constant_images"] == 1 and s["constant_examples"] == ["lens/b.npy"]
+    assert s["dtypes"] == {"float64": 2, "int64": 1}
+    assert s["shapes"] == {"(10, 10)": 2, "(1, 10, 10)": 1}
+    assert s["per_class"]["lens"]["min"] == 3.0 and s["per_class"]["lens"]["max"] == 99.0
+    assert s["value_max"] == 99.0
+    card = render_data_card(s)
+    assert card.startswith("---\npretty_name: d\n")
+    positions = [card.index(sec) for sec in CARD_SECTIONS]
+    assert positions == sorted(positions)
+    for key in ("license:", "task_categories:", "tags:", "size_categories:", "source_datasets:"):
+        assert key in card.split("---")[1]
+    assert "3 NaN" in card and "1 inf" in card

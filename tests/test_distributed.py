@@ -1,0 +1,151 @@
+"""DDP on CPU (gloo, 2 processes): same loss and gradients as one process on the whole batch.
+
+The equality test uses a tiny BatchNorm-free network and deterministic views: BatchNorm in
+training mode normalises with the statistics of each rank's own half batch, which differ from
+the statistics of the concatenated batch, so a ResNet would (correctly) not match a single
+process. On multi-GPU runs the loop converts BatchNorm to ``SyncBatchNorm`` (statistics over
+the global batch); PyTorch implements SyncBatchNorm for accelerators only, not for gloo on CPU.
+"""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from deeplense_ssl import train
+from deeplense_ssl.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from deeplense_ssl.config import PretrainConfig
+from deeplense_ssl.distributed import DistInfo, all_reduce_mean, shard_batch_indices
+from deeplense_ssl.errors import CheckpointError
+from deeplense_ssl.losses import NTXentLoss
+
+WORLD = 2
+GLOBAL_BATCH = 8
+
+
+class _FixedViews(nn.Module):
+    """Deterministic, per-image views: the image and a scaled mirror image of it."""
+
+    def views(self, x: torch.Tensor, n_views: int) -> list[torch.Tensor]:
+        return [x, 0.9 * x.flip(-1) + 0.05][:n_views]
+
+
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 8),
+    )
+
+
+def _global_batch() -> torch.Tensor:
+    return torch.randn(GLOBAL_BATCH, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _one_step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    objective = train.contrastive_objective(_FixedViews(), 2, NTXentLoss(0.5, True))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return train.training_step(model, x, objective, opt), model
+
+
+def _images() -> np.ndarray:
+    return np.random.default_rng(0).random((12, 1, 16, 16), dtype=np.float32)
+
+
+def _pretrain_cfg(out: str, **kw) -> PretrainConfig:
+    return PretrainConfig(
+        out=out,
+        stem="small",
+        batch_size=2,
+        epochs=1,
+        method="contrastive-rotation",
+        proj_hidden_dim=16,
+        proj_out_dim=8,
+        device="cpu",
+        **kw,
+    )
+
+
+def _worker(rank: int, port: int, tmp: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        # 1. one training step of the real step function, DDP + NT-Xent gathered across ranks
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = _tiny_model()
+        ddp = DistributedDataParallel(model)
+        idx = shard_batch_indices(torch.arange(GLOBAL_BATCH), rank, WORLD)
+        grads = {}
+        loss, _ = _one_step(ddp, _global_batch()[idx])
+        # the optimiser stepped already; gradients are kept until the next zero_grad
+        grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+        mean_loss = all_reduce_mean(loss, DistInfo(rank, WORLD))
+        torch.save(
+            {"loss": loss, "mean_loss": mean_loss, "grads": grads, "params": model.state_dict()},
+            f"{tmp}/step_rank{rank}.pt",
+        )
+        # 2. the whole loop on 2 ranks (the group already exists, pretrain joins it)
+        train.pretrain(_pretrain_cfg(f"{tmp}/run"), progress=False, dataset=_images())
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_shard_batch_indices_concatenate_to_the_global_batch():
+    idx = torch.arange(10, 22)
+    parts = [shard_batch_indices(idx, r, 3) for r in range(3)]
+    assert torch.equal(torch.cat(parts), idx)
+    assert all(len(p) == 4 for p in parts)
+    with pytest.raises(ValueError, match="cannot be split"):
+        shard_batch_indices(torch.arange(7), 0, 2)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"step_rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+    model = _tiny_model()
+    ref_loss, _ = _one_step(model, _global_batch())
+    ref_grads = {k: p.grad for k, p in model.named_parameters()}
+
+    # the mean of the ranks' losses is the loss of the whole batch
+    torch.testing.assert_close(ranks[0]["mean_loss"], ref_loss)
+    torch.testing.assert_close(ranks[1]["mean_loss"], ref_loss)
+    assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # local losses differ
+    for r in ranks:  # DDP-averaged gradients equal the single-process gradients
+        for key, grad in ref_grads.items():
+            torch.testing.assert_close(r["grads"][key], grad, rtol=1e-5, atol=1e-7)
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(r["params"][key], value, rtol=1e-5, atol=1e-7)
+
+    # the full loop: rank 0 wrote the run with the global batch and the scaled learning rate
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)
+    resolved = state["resolved"]
+    assert resolved["world_size"] == 2 and resolved["global_batch_size"] == 4
+    assert resolved["lr"] == pytest.approx(0.3 * 4 / 256)
+    assert state["step"] == 3 and len(state["rng"]) == 2  # 12 images / 4 per global batch
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    assert (tmp_path / "run" / "backbone.pt").exists()
+    # resuming with another number of processes is refused (the data order would change)
+    with pytest.raises(CheckpointError, match="world_size was 2 and is now 1"):
+        train.pretrain(
+            _pretrain_cfg(str(tmp_path / "run"), resume=True, epochs=2),
+            progress=False,
+            dataset=_images(),
+        )

@@ -1,0 +1,158 @@
+"""Fine-tuning: run folder contract, frozen vs trained backbones, splits, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers_finetune import fake_pretrain_run, write_toy_h5
+
+from deeplense_ssl.checkpoint import load_state_dict_file
+from deeplense_ssl.config import FinetuneConfig, config_from_sources
+from deeplense_ssl.datasets import load_dataset, stratified_split
+from deeplense_ssl.errors import CheckpointError, ConfigError
+from deeplense_ssl.finetune import (
+    MODEL_FILE,
+    _fold_standardisation,
+    dihedral_views,
+    extract_features,
+    finetune,
+    load_finetuned,
+)
+from deeplense_ssl.heads import LinearHead, MLPHead
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    write_toy_h5(root / "train.h5", n_per_class=20, seed=0)
+    fake_pretrain_run(root / "pretrain")
+    return root
+
+
+def _cfg(toy, out, **kw):
+    values = {
+        "data": str(toy / "train.h5"),
+        "checkpoint": str(toy / "pretrain"),
+        "epochs": 2,
+        "batch_size": 32,
+        "out": str(out),
+    }
+    values.update(kw)
+    return config_from_sources(FinetuneConfig, None, values)
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_linear_probe_writes_the_run_folder_and_keeps_backbone_frozen(toy, tmp_path):
+    out = finetune(_cfg(toy, tmp_path / "probe", label_fraction=0.5), progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "config.json",
+        MODEL_FILE,
+        "metrics.jsonl",
+        "history.png",
+        "val_metrics.json",
+        "label_subset.npy",
+        "train_embeddings.npz",
+    } <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    state = torch.load(out / MODEL_FILE, weights_only=True)
+    pretrained = load_state_dict_file(toy / "pretrain" / "backbone.pt")
+    assert _same_state(state["backbone_state"], pretrained)  # frozen: unchanged weights
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["label_fraction"] == 0.5
+    assert cfg["resolved"]["normalize"] == "minmax"  # taken from the pretrain run
+    assert cfg["pretrain"]["method"] == "simclr"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    val = json.loads((out / "val_metrics.json").read_text())
+    best = max(rows, key=lambda r: (r["val_auc_macro"], -r["val_loss"]))
+    assert val["best_epoch"] == best["epoch"]
+
+
+def test_label_subset_is_stratified_from_train_split_never_val(toy, tmp_path):
+    cfg = _cfg(toy, tmp_path / "p", label_fraction=0.5, epochs=1)
+    out = finetune(cfg, progress=False)
+    subset = np.load(out / "label_subset.npy")
+    labels = load_dataset(toy / "train.h5").labels
+    splits = stratified_split(labels, cfg.val_fraction, 0.0, seed=cfg.seed)
+    assert set(subset) <= set(splits["train"]) and not set(subset) & set(splits["val"])
+    counts = np.bincount(labels[subset], minlength=3)
+    train_counts = np.bincount(labels[splits["train"]], minlength=3)
+    np.testing.assert_array_equal(counts, np.floor(0.5 * train_counts + 0.5))  # half up
+    ds = json.loads((out / "config.json").read_text())["data_summary"]
+    assert ds["n_train_labelled"] == len(subset) and ds["n_val"] == len(splits["val"])
+
+
+def test_loaded_model_reproduces_the_probe(toy, tmp_path):
+    out = finetune(_cfg(toy, tmp_path / "mlp", head="mlp", mlp_hidden_dim=16), progress=False)
+    model, spec = load_finetuned(out)
+    assert spec["head_kind"] == "mlp" and spec["class_names"] == ["no_sub", "cdm", "axion"]
+    assert isinstance(model.head, MLPHead)
+    images = load_dataset(toy / "train.h5").images[:6]
+    with torch.no_grad():
+        logits = model(torch.as_tensor(images))
+        assert torch.allclose(logits, model.head(model.embed(torch.as_tensor(images))))
+    assert logits.shape == (6, 3)
+
+
+def test_full_finetune_and_baselines_train_what_they_should(toy, tmp_path):
+    pretrained = load_state_dict_file(toy / "pretrain" / "backbone.pt")
+    full = torch.load(
+        finetune(_cfg(toy, tmp_path / "full", head="full", epochs=1), progress=False) / MODEL_FILE,
+        weights_only=True,
+    )
+    assert not _same_state(full["backbone_state"], pretrained)
+    assert full["spec"]["mode"] == "end_to_end"
+    rnd = torch.load(
+        finetune(_cfg(toy, tmp_path / "rnd", init="random", epochs=1), progress=False) / MODEL_FILE,
+        weights_only=True,
+    )
+    assert not _same_state(rnd["backbone_state"], pretrained)  # random weights, not pretrained
+    assert rnd["spec"]["stem"] == "small"  # same architecture as the pretrain run
+    scratch_cfg = _cfg(toy, tmp_path / "scr", init="scratch", checkpoint=None, stem="small")
+    scratch_cfg.epochs = 1
+    out = finetune(scratch_cfg, progress=False)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["resolved"]["mode"] == "end_to_end" and cfg["pretrain"] is None
+    with pytest.raises(ConfigError, match="--from-scratch"):
+        finetune(_cfg(toy, tmp_path / "bad", init="random", head="full"), progress=False)
+
+
+def test_channel_mismatch_is_one_clear_error_and_writes_nothing(toy, tmp_path):
+    rgb = write_toy_h5(tmp_path / "rgb.h5", n_per_class=4, chans=3)
+    out = tmp_path / "never"
+    with pytest.raises(CheckpointError, match=r"pretrain.*1 channel.*rgb\.h5"):
+        finetune(_cfg(toy, out, data=str(rgb)), progress=False)
+    assert not out.exists()
+
+
+def test_extract_features_dihedral_copies(toy):
+    from deeplense_ssl.backbones import build_backbone
+
+    torch.manual_seed(0)
+    bb = build_backbone("resnet18", 1, "small")
+    x = torch.randn(5, 1, 16, 16)
+    plain = extract_features(bb, x, batch_size=2)
+    d8 = extract_features(bb, x, batch_size=3, dihedral=True)
+    assert plain.shape == (5, 512) and d8.shape == (8, 5, 512)
+    torch.testing.assert_close(d8[0], plain)
+    torch.testing.assert_close(d8[1], extract_features(bb, torch.rot90(x, 1, (2, 3))))
+    views = dihedral_views(x)
+    flat = {tuple(v.flatten().tolist()) for v in views}
+    assert len(flat) == 8  # all distinct for a generic image
+
+
+def test_folding_the_standardisation_is_exact():
+    torch.manual_seed(0)
+    feats = torch.randn(10, 6) * 3 + 5
+    mean, std = feats.mean(0), feats.std(0)
+    for head in (LinearHead(6, 3), MLPHead(6, 3, hidden_dim=4)):
+        want = head((feats - mean) / std)
+        _fold_standardisation(head, mean, std)
+        torch.testing.assert_close(head(feats), want, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,314 @@
+"""The pretraining loop: run folder, methods, resume (bitwise), divergence, schedule, LARS."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deeplense_ssl import train
+from deeplense_ssl.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from deeplense_ssl.config import PretrainConfig
+from deeplense_ssl.datasets import ImageSet
+from deeplense_ssl.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from deeplense_ssl.io import write_hdf5
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _images(n: int = 12, chans: int = 1, size: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, chans, size, size), dtype=np.float32)
+
+
+def _imageset(n: int = 12) -> ImageSet:
+    labels = np.arange(n, dtype=np.int64) % 2
+    images = _images(n)
+    images[labels == 1, :, 4:12, 4:12] += 1.0  # a visible difference between the classes
+    return ImageSet(images=images, labels=labels, class_names=["a", "b"], sources=[""] * n)
+
+
+def _cfg(out, **kw) -> PretrainConfig:
+    base = dict(
+        out=str(out),
+        stem="small",
+        batch_size=4,
+        epochs=2,
+        proj_hidden_dim=16,
+        proj_out_dim=8,
+        device="cpu",
+        checkpoint_every_steps=2,
+        log_every_steps=1,
+        warmup_epochs=0.5,
+    )
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def _weights(run_dir) -> dict:
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+    return {"backbone": state["backbone"], "head": state["head"], "opt": state["optimizer"]}
+
+
+def _assert_bitwise_equal(a: dict, b: dict) -> None:
+    for part in ("backbone", "head"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    for idx, buf in a["opt"]["state"].items():
+        assert torch.equal(buf["momentum_buffer"], b["opt"]["state"][idx]["momentum_buffer"])
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(k: int):
+    def on_step(step, record):
+        if step == k:
+            raise _Crash
+
+    return on_step
+
+
+def test_fresh_run_writes_the_run_folder(tmp_path):
+    data = tmp_path / "d.h5"
+    ds = _imageset()
+    write_hdf5(data, ds.images, ds.labels, ds.class_names)
+    run = train.pretrain(
+        _cfg(tmp_path / "run", data=str(data), knn_monitor=True, knn_val_fraction=0.34),
+        progress=False,
+    )
+    names = {p.name for p in run.iterdir()}
+    expected = {"config.json", "checkpoint.pt", "backbone.pt", "metrics.jsonl", "loss_curve.png"}
+    assert expected <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["kind"] == "pretrain" and meta["deeplense_ssl_version"]
+    assert meta["config"]["data"] == str(data)
+    resolved = meta["resolved"]
+    # 12 images, 4 held out for kNN -> 8 train -> 2 steps/epoch, 2 epochs
+    assert resolved["n_train"] == 8 and resolved["n_val"] == 4
+    assert resolved["steps_per_epoch"] == 2 and resolved["final_step"] == 4
+    assert resolved["lr"] == pytest.approx(0.3 * 4 / 256)
+    records = train.read_metrics(run)
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in steps)
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert all(0.0 <= r["knn_top1"] <= 1.0 for r in epochs)
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert load_checkpoint(run / CHECKPOINT_FILE)["finished"] is True
+
+
+@pytest.mark.parametrize(
+    "method, n_views",
+    [("simclr", 3), ("contrastive-rotation", 2), ("contrastive-blur", 2), ("rotation", 2)],
+)
+def test_every_method_trains_one_step(tmp_path, method, n_views):
+    cfg = _cfg(tmp_path / method, method=method, n_views=n_views, max_steps=1)
+    run = train.pretrain(cfg, progress=False, dataset=_images(8))
+    state = load_checkpoint(run / CHECKPOINT_FILE)
+    assert state["step"] == 1
+    head, _ = train.build_method(cfg, 512, 1, 16, False)
+    assert state["head"].keys() == head.state_dict().keys()
+    assert math.isfinite(train.read_metrics(run)[0]["loss"])
+
+
+def test_blur_pretext_head_has_one_logit_per_level(tmp_path):
+    cfg = _cfg(tmp_path / "b", method="blur", blur_sigmas_px=[0.0, 1.5, 3.0], max_steps=1)
+    run = train.pretrain(cfg, progress=False, dataset=_images(8))
+    assert load_checkpoint(run / CHECKPOINT_FILE)["head"]["fc.weight"].shape == (3, 512)
+
+
+def test_resume_after_a_crash_is_bitwise_identical(tmp_path):
+    """8 train images, batch 2: 4 steps/epoch. Checkpoints at 3, 4, 6; crash at 7; resume."""
+    ds = _imageset()
+    kw = dict(epochs=2, batch_size=2, checkpoint_every_steps=3, knn_monitor=True)
+    kw["knn_val_fraction"] = 0.34  # 4 of 12 images held out for the kNN monitor
+    ref = train.pretrain(_cfg(tmp_path / "ref", **kw), progress=False, dataset=ds)
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(_Crash):
+        train.pretrain(_cfg(crashed, **kw), progress=False, dataset=ds, on_step=_crash_after(7))
+    assert load_checkpoint(crashed / CHECKPOINT_FILE)["step"] == 6  # step 7 is lost
+    assert not (crashed / "backbone.pt").exists()
+    torch.manual_seed(12345)  # whatever the process did meanwhile must not matter
+    with pytest.raises(CheckpointError, match="--resume"):
+        train.pretrain(_cfg(crashed, **kw), progress=False, dataset=ds)
+    train.pretrain(_cfg(crashed, resume=True, **kw), progress=False, dataset=ds)
+
+    _assert_bitwise_equal(_weights(ref), _weights(crashed))
+    ref_steps = [r for r in train.read_metrics(ref) if r["kind"] == "step"]
+    got_steps = [r for r in train.read_metrics(crashed) if r["kind"] == "step"]
+    assert [r["step"] for r in got_steps] == [r["step"] for r in ref_steps] == list(range(1, 9))
+    assert [r["loss"] for r in got_steps] == [r["loss"] for r in ref_steps]
+    ref_knn = [r["knn_top1"] for r in train.read_metrics(ref) if r["kind"] == "epoch"]
+    got_knn = [r["knn_top1"] for r in train.read_metrics(crashed) if r["kind"] == "epoch"]
+    assert ref_knn == got_knn
+
+
+def test_resume_may_extend_epochs_but_not_change_the_config(tmp_path):
+    run = tmp_path / "run"
+    train.pretrain(_cfg(run, epochs=1), progress=False, dataset=_images(8))
+    with pytest.raises(CheckpointError, match=r"lr: None -> 0\.5.*temperature: 0\.1 -> 0\.2"):
+        train.pretrain(
+            _cfg(run, epochs=1, resume=True, lr=0.5, temperature=0.2),
+            progress=False,
+            dataset=_images(8),
+        )
+    with pytest.raises(CheckpointError, match="n_train was 8 and is now 12"):
+        train.pretrain(_cfg(run, epochs=2, resume=True), progress=False, dataset=_images(12))
+    train.pretrain(_cfg(run, epochs=2, resume=True), progress=False, dataset=_images(8))
+    state = load_checkpoint(run / CHECKPOINT_FILE)
+    assert state["step"] == 4 and state["finished"]
+    assert [r["step"] for r in train.read_metrics(run) if r["kind"] == "step"] == [1, 2, 3, 4]
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from deeplense_ssl import train
+    from deeplense_ssl.config import PretrainConfig
+    images = np.random.default_rng(0).random((12, 1, 16, 16), dtype=np.float32)
+    cfg = PretrainConfig(**eval(sys.argv[1]))
+    train.pretrain(cfg, progress=False, dataset=images, on_step=lambda s, r: time.sleep(0.4))
+    """
+)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    kw = dict(epochs=2, batch_size=2, checkpoint_every_steps=1, lr=0.05)
+    images = _images(12)
+    ref = train.pretrain(_cfg(tmp_path / "ref", **kw), progress=False, dataset=images)
+
+    killed = tmp_path / "killed"
+    cfg_repr = repr({**vars(_cfg(killed, **kw))})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, cfg_repr], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            ckpt = killed / CHECKPOINT_FILE
+            if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the training subprocess ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    step_at_kill = load_checkpoint(killed / CHECKPOINT_FILE)["step"]
+    assert 3 <= step_at_kill < 12
+    train.pretrain(_cfg(killed, resume=True, **kw), progress=False, dataset=images)
+    _assert_bitwise_equal(_weights(ref), _weights(killed))
+    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    real = train.build_method
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        head, objective = real(*args, **kwargs)
+        criterion = objective.criterion
+
+        def criterion_nan_from_step_3(out, aux):
+            calls["n"] += 1
+            loss = criterion(out, aux)
+            return loss * float("nan") if calls["n"] >= 3 else loss
+
+        objective.criterion = criterion_nan_from_step_3
+        return head, objective
+
+    monkeypatch.setattr(train, "build_method", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"nan.*step.*last good checkpoint"):
+        train.pretrain(_cfg(run, epochs=3), progress=False, dataset=_images(8))
+    state = load_checkpoint(run / CHECKPOINT_FILE)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["backbone"].values() if v.is_floating_point())
+    assert not (run / "backbone.pt").exists()
+
+
+def test_bad_data_and_batch_errors(tmp_path):
+    images = _images(8)
+    images[5, 0, 3, 3] = np.nan
+    with pytest.raises(DataError, match=r"image 5.*nan-policy"):
+        train.pretrain(_cfg(tmp_path / "a"), progress=False, dataset=images)
+    with pytest.raises(ConfigError, match="fewer than one global batch"):
+        train.pretrain(_cfg(tmp_path / "b", batch_size=16), progress=False, dataset=_images(8))
+    with pytest.raises(DataError, match="square"):
+        train.pretrain(_cfg(tmp_path / "c"), progress=False, dataset=_images(8)[..., :12])
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
+    a = train.pretrain(_cfg(tmp_path / "a", max_steps=2), progress=False, dataset=_images(8))
+    b = train.pretrain(_cfg(tmp_path / "b", max_steps=2), progress=False, dataset=_images(8))
+    c = train.pretrain(
+        _cfg(tmp_path / "c", max_steps=2, seed=1), progress=False, dataset=_images(8)
+    )
+    _assert_bitwise_equal(_weights(a), _weights(b))
+    wa, wc = _weights(a)["backbone"], _weights(c)["backbone"]
+    assert not torch.equal(wa["conv1.weight"], wc["conv1.weight"])
+
+
+def test_warmup_cosine_schedule():
+    f = [train.warmup_cosine(s, warmup_steps=4, total_steps=12) for s in range(12)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert f[4] == 1.0 and all(a > b for a, b in zip(f[4:], f[5:], strict=False))
+    assert f[8] == pytest.approx(0.5)  # halfway through the cosine
+    assert train.warmup_cosine(12, 4, 12) == pytest.approx(0.0)
+
+
+def test_epoch_permutation_depends_only_on_seed_and_epoch():
+    a = train.epoch_permutation(0, 3, 50)
+    assert torch.equal(a, train.epoch_permutation(0, 3, 50))
+    assert sorted(a.tolist()) == list(range(50))
+    assert not torch.equal(a, train.epoch_permutation(0, 4, 50))
+    assert not torch.equal(a, train.epoch_permutation(1, 3, 50))
+
+
+def test_lars_step_matches_the_formula():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 3))
+    b = nn.Parameter(torch.randn(4))
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    w.grad, b.grad = torch.randn(4, 3), torch.randn(4)
+    opt = train.LARS(
+        [
+            {"params": [w], "weight_decay": 0.1, "lars_exclude": False},
+            {"params": [b], "weight_decay": 0.0, "lars_exclude": True},
+        ],
+        lr=0.5,
+        momentum=0.9,
+        trust_coefficient=0.02,
+    )
+    opt.step()
+    d = w.grad + 0.1 * w0
+    trust = 0.02 * w0.norm() / (d.norm() + 1e-8)
+    torch.testing.assert_close(w.detach(), w0 - 0.5 * trust * d)
+    torch.testing.assert_close(b.detach(), b0 - 0.5 * b.grad)  # excluded: plain SGD
+
+
+def test_optimizers_exclude_biases_and_norms_from_weight_decay():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    for name in ("sgd", "adamw", "lars"):
+        cfg = PretrainConfig(data="x", optimizer=name, weight_decay=0.01)
+        opt = train.build_optimizer(cfg, model, lr=0.1)
+        decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+        assert decayed == {id(model[0].weight), id(model[2].weight)}, name
