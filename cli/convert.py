@@ -40,6 +40,14 @@ from .options import (
     help="File-name rules for a flat folder, e.g. 'non_lens=^nl_;lens=_hst' or a regex with a "
     "capture group such as '^(cdm|axion|no_sub)_'.",
 )
+@click.option(
+    "--labels-file",
+    type=click.Path(),
+    default=None,
+    help="Labels of a single stacked .npy/FITS input: a .npy or text file, one int per image.",
+)
+@click.option("--images-key", default=None, help="Image dataset name in HDF5/.npz if ambiguous.")
+@click.option("--labels-key", default=None, help="Label dataset name in HDF5/.npz if ambiguous.")
 @config_option
 def command(**kwargs: object) -> None:
     """Convert SRC (DeepLense class folders, flat folder, .npy/.npz, HDF5, FITS) to HDF5.
@@ -55,7 +63,13 @@ def command(**kwargs: object) -> None:
     overrides = explicit_params(ctx, kwargs, exclude=("config_path",))
     overrides["src"] = kwargs["src"]
     cfg = config_from_sources(ConvertConfig, kwargs["config_path"], overrides)
-    reader = {"labels_csv": cfg.labels_csv, "label_pattern": cfg.label_pattern}
+    reader = {
+        "labels_csv": cfg.labels_csv,
+        "label_pattern": cfg.label_pattern,
+        "labels": cfg.labels_file,
+        "images_key": cfg.images_key,
+        "labels_key": cfg.labels_key,
+    }
     out, report = convert_dataset(
         cfg.src,
         cfg.out,

@@ -21,6 +21,9 @@ from .options import allow_pickle_option
 @allow_pickle_option
 @click.option("--labels-csv", type=click.Path(), default=None, help="CSV with file,label columns.")
 @click.option("--label-pattern", default=None, help="File-name label rules (see convert).")
+@click.option("--labels-file", type=click.Path(), default=None, help="Labels of a stacked array.")
+@click.option("--images-key", default=None, help="Image dataset name in HDF5/.npz if ambiguous.")
+@click.option("--labels-key", default=None, help="Label dataset name in HDF5/.npz if ambiguous.")
 def command(
     path: str,
     card: str | None,
@@ -28,6 +31,9 @@ def command(
     allow_pickle: bool,
     labels_csv: str | None,
     label_pattern: str | None,
+    labels_file: str | None,
+    images_key: str | None,
+    labels_key: str | None,
 ) -> None:
     """Counts per class, shapes, dtypes, value ranges, NaN/inf fractions, constant images.
 
@@ -36,7 +42,13 @@ def command(
     """
     from deeplense_ssl.datasets import format_summary, summarize, write_data_card
 
-    reader = {"labels_csv": labels_csv, "label_pattern": label_pattern}
+    reader = {
+        "labels_csv": labels_csv,
+        "label_pattern": label_pattern,
+        "labels": labels_file,
+        "images_key": images_key,
+        "labels_key": labels_key,
+    }
     summary = summarize(
         path,
         allow_pickle=allow_pickle,

@@ -114,7 +114,7 @@ def _to_float32(array: np.ndarray, path: object, index: int | None) -> np.ndarra
             index,
         )
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
-        out = np.asarray(array).astype(np.float32)  # native byte order, values kept
+        out = np.asarray(array).astype(np.float32, copy=False)  # native order, values kept
     if kind == "f" and array.dtype.itemsize > 4:
         bad = ~np.isfinite(out)
         if bad.any() and np.isfinite(np.asarray(array)[bad]).any():
@@ -208,9 +208,18 @@ def to_nchw_float32(images: np.ndarray, *, path: object = None, start: int = 0) 
 def count_nonfinite(images: np.ndarray) -> np.ndarray:
     """Non-finite pixels (NaN, +-inf) per image of an ``(N, ...)`` array -> (N,) int64."""
     images = np.asarray(images)
-    if images.dtype.kind in "iub":
-        return np.zeros(len(images), np.int64)
-    return (~np.isfinite(images)).reshape(len(images), -1).sum(axis=1).astype(np.int64)
+    n = len(images)
+    counts = np.zeros(n, np.int64)
+    if images.dtype.kind in "iub" or n == 0:
+        return counts
+    # One cheap pass: a per-image sum is finite unless the image holds NaN/inf (or overflows);
+    # exact counts only for the flagged images.
+    with np.errstate(invalid="ignore", over="ignore"):
+        sums = images.reshape(n, -1).sum(axis=1)
+    flagged = np.flatnonzero(~np.isfinite(sums))
+    for i in flagged:
+        counts[i] = int((~np.isfinite(images[i])).sum())
+    return counts
 
 
 def _fill_median(image: np.ndarray, bad: np.ndarray) -> None:
@@ -259,6 +268,7 @@ def apply_nan_policy(
     sources: list[str] | None = None,
     path: object = None,
     start: int = 0,
+    counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, NanReport]:
     """Handle non-finite pixels of an image stack once, right after reading.
 
@@ -270,6 +280,7 @@ def apply_nan_policy(
         sources: (N,) source names for error messages.
         path: file named in errors when ``sources`` is not given.
         start: index of ``images[0]`` in the source, for error messages.
+        counts: (N,) precomputed :func:`count_nonfinite` of ``images`` (saves a pass).
 
     Returns:
         (cleaned, kept, report): cleaned (M, C, H, W) float32 (M = N unless dropping), ``kept``
@@ -282,7 +293,7 @@ def apply_nan_policy(
     if policy not in NAN_POLICIES:
         raise ConfigError(f"nan_policy={policy!r} is not one of {', '.join(NAN_POLICIES)}.")
     images = np.asarray(images, dtype=np.float32)
-    counts = count_nonfinite(images)
+    counts = count_nonfinite(images) if counts is None else np.asarray(counts)
     touched = np.flatnonzero(counts)
     report = NanReport(int(counts.sum()), len(touched), 0, policy)
     all_idx = np.arange(len(images), dtype=np.int64)
@@ -418,7 +429,11 @@ def fit_normalization(images: np.ndarray) -> NormStats:
 
 
 def normalize_images(
-    images: np.ndarray, method: str = "minmax", stats: NormStats | None = None
+    images: np.ndarray,
+    method: str = "minmax",
+    stats: NormStats | None = None,
+    *,
+    copy: bool = True,
 ) -> np.ndarray:
     """Scale images; see the module docstring for each method.
 
@@ -426,35 +441,41 @@ def normalize_images(
         images: (N, C, H, W) finite float32.
         method: ``none`` | ``minmax`` | ``zscore`` | ``zscore-dataset`` | ``asinh``.
         stats: required for ``zscore-dataset`` (from :func:`fit_normalization` on training data).
+        copy: False scales a float32 ``images`` in place (saves memory and passes).
 
     Returns:
-        (N, C, H, W) float32 (a new array unless ``method="none"``).
+        (N, C, H, W) float32 (a new array when ``copy``, unless ``method="none"``).
     """
     if method not in NORMALIZATIONS:
         raise ConfigError(f"normalize={method!r} is not one of {', '.join(NORMALIZATIONS)}.")
     images = np.asarray(images, dtype=np.float32)
     if method == "none" or len(images) == 0:
         return images
+    out = images.copy() if copy else images
     if method == "zscore-dataset":
         if stats is None:
             raise ConfigError(
                 "normalize='zscore-dataset' needs statistics from the training split: "
                 "stats = fit_normalization(images[train_idx])."
             )
-        mean = np.asarray(stats.mean, np.float32)[None, :, None, None]
-        std = np.asarray(stats.std, np.float32)[None, :, None, None]
-        return (images - mean) / std
+        out -= np.asarray(stats.mean, np.float32)[None, :, None, None]
+        out /= np.asarray(stats.std, np.float32)[None, :, None, None]
+        return out
     axes = (1, 2, 3)
     if method == "zscore":
-        mean = images.mean(axis=axes, keepdims=True, dtype=np.float64)
-        std = images.std(axis=axes, keepdims=True, dtype=np.float64)
-        safe = np.where(std > 0, std, 1.0)
-        return ((images - mean) / safe).astype(np.float32)
-    lo = images.min(axis=axes, keepdims=True)
-    span = images.max(axis=axes, keepdims=True) - lo
-    safe = np.where(span > 0, span, 1.0)
-    scaled = (images - lo) / safe
-    if method == "minmax":
-        return scaled.astype(np.float32, copy=False)
-    a = ASINH_SOFTENING
-    return (np.arcsinh(scaled / a) / np.arcsinh(1.0 / a)).astype(np.float32)
+        mean = out.mean(axis=axes, keepdims=True, dtype=np.float64)
+        std = out.std(axis=axes, keepdims=True, dtype=np.float64)
+        out -= mean.astype(np.float32)
+        out *= (1.0 / np.where(std > 0, std, 1.0)).astype(np.float32)
+        return out
+    lo = out.min(axis=axes, keepdims=True)
+    span = out.max(axis=axes, keepdims=True) - lo
+    out -= lo
+    out *= 1.0 / np.where(span > 0, span, 1.0).astype(np.float32)
+    np.clip(out, 0.0, 1.0, out=out)  # x * (1 / span) may overshoot 1 by one ulp
+    if method == "asinh":
+        a = ASINH_SOFTENING
+        out /= a
+        np.arcsinh(out, out=out)
+        out *= np.float32(1.0 / np.arcsinh(1.0 / a))
+    return out

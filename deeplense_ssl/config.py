@@ -77,11 +77,19 @@ class ConvertConfig(DataOptions):
     normalize: str = "none"  # convert keeps physical values; normalise when training
     labels_csv: str | None = None
     label_pattern: str | None = None
+    labels_file: str | None = None  # labels of a single stacked .npy/FITS (.npy or text)
+    images_key: str | None = None  # image dataset name in HDF5/.npz when ambiguous
+    labels_key: str | None = None  # label dataset name in HDF5/.npz when ambiguous
 
     def validate(self) -> None:
         self._validate_data()
         if not self.src:
             raise ConfigError("convert needs a source path (SRC).")
+        if self.normalize == "zscore-dataset":
+            raise ConfigError(
+                "convert cannot apply normalize=zscore-dataset (it needs the training split); "
+                "keep 'none' and normalise when training."
+            )
 
 
 @dataclass

@@ -200,15 +200,20 @@ def _clean_blocks(
         if src.stacked:
             arr = to_nchw_float32(raw, path=src.path, start=start)
             counts = count_nonfinite(arr)
-            arr, kept, report = apply_nan_policy(arr, nan_policy, path=src.path, start=start)
+            arr, kept, report = apply_nan_policy(
+                arr, nan_policy, path=src.path, start=start, counts=counts
+            )
             arr = fit_size(arr, image_size, fit_mode, path=src.path)
         else:
             files = src.files[start : start + len(raw)]  # type: ignore[attr-defined]
             parts, kept_list, count_list, report = [], [], [], NanReport(policy=nan_policy)
             for j, (image, file) in enumerate(zip(raw, files, strict=True)):
                 one = to_chw_float32(image, path=file)[None]
-                count_list.append(int(count_nonfinite(one)[0]))
-                one, kept_one, rep = apply_nan_policy(one, nan_policy, sources=[str(file)])
+                count = count_nonfinite(one)
+                count_list.append(int(count[0]))
+                one, kept_one, rep = apply_nan_policy(
+                    one, nan_policy, sources=[str(file)], counts=count
+                )
                 report = report + rep
                 if len(kept_one):
                     parts.append(fit_size(one, image_size, fit_mode, path=file))
@@ -217,7 +222,10 @@ def _clean_blocks(
             counts = np.array(count_list, np.int64)
             arr = _stack_same_shape(parts, [files[j] for j in kept_list])
         params = {k: np.asarray(v)[kept] for k, v in params.items()}
-        arr = normalize_images(arr, scale, stats) if scale != "none" else arr
+        if scale != "none":
+            # In place is safe: a block is read once from a source that is closed afterwards;
+            # read-only memory maps are copied.
+            arr = normalize_images(arr, scale, stats, copy=not arr.flags.writeable)
         yield _Block(arr, start + kept, counts[kept], params, report)
 
 

@@ -957,9 +957,17 @@ def _open_npz(
             f"cannot read .npz ({exc}); the file is corrupt or truncated.", path
         ) from exc
     ikey = _pick_key(
-        path, keys, images_key, IMAGE_KEYS, "image", "images_key", fallback_single=True
+        path,
+        keys,
+        images_key,
+        IMAGE_KEYS,
+        "image",
+        "images_key (--images-key)",
+        fallback_single=True,
     )
-    lkey = _pick_key(path, keys, labels_key, LABEL_KEYS, "label", "labels_key", required=False)
+    lkey = _pick_key(
+        path, keys, labels_key, LABEL_KEYS, "label", "labels_key (--labels-key)", required=False
+    )
     try:
         images = npz[ikey]
         if labels is None and lkey is not None:
@@ -1034,7 +1042,7 @@ def _open_hdf5(path: Path, images_key: Any, labels_key: Any, class_names: Any) -
             images_key or ("images" if ours else None),
             IMAGE_KEYS,
             "image",
-            "images_key",
+            "images_key (--images-key)",
         )
         lkey = _pick_key(
             path,
@@ -1042,7 +1050,7 @@ def _open_hdf5(path: Path, images_key: Any, labels_key: Any, class_names: Any) -
             labels_key or ("labels" if ours else None),
             LABEL_KEYS,
             "label",
-            "labels_key",
+            "labels_key (--labels-key)",
             required=False,
         )
         images = datasets[ikey]

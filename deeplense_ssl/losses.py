@@ -67,6 +67,17 @@ def _multi_positive_nt_xent(
     Returns:
         Scalar loss averaged over the ``n * B`` local anchors.
     """
+    # Full float32 even inside an autocast region (logits / temperature overflow fp16 easily).
+    with torch.autocast(device_type=views[0].device.type, enabled=False):
+        return _multi_positive_nt_xent_fp32(views, temperature, candidates, rank)
+
+
+def _multi_positive_nt_xent_fp32(
+    views: Sequence[Tensor],
+    temperature: float,
+    candidates: Sequence[Tensor] | None,
+    rank: int,
+) -> Tensor:
     n, batch = len(views), views[0].shape[0]
     anchors = F.normalize(torch.cat(list(views)).float(), dim=1)  # (nB, D)
     if candidates is None:

@@ -445,10 +445,8 @@ class Renderer:
         source = LightModel(["SERSIC_ELLIPSE"])
         n_point_masses = {0: 0, 1: N_SUBHALOS, 2: VORTEX_N_MASSES}
         self._image_models = {}
-        self._lens_models = {}
         for label, k in n_point_masses.items():
             lens = LensModel(["SIE", "SHEAR"] + ["POINT_MASS"] * k)
-            self._lens_models[label] = lens
             self._image_models[label] = ImageModel(
                 data,
                 psf,
@@ -458,10 +456,6 @@ class Renderer:
             )
         # pixel-centre coordinates (arcsec), x along columns, y along rows
         self.x_grid_arcsec, self.y_grid_arcsec = data.pixel_coordinates
-
-    def lens_model(self, label: int) -> Any:
-        """The lenstronomy ``LensModel`` used for class ``label``."""
-        return self._lens_models[label]
 
     def noiseless(self, scene: Scene, convolved: bool = True) -> np.ndarray:
         """Noiseless image of ``scene`` in flux per second per pixel, shape (H, W) float64.
@@ -562,8 +556,14 @@ def image_seed_sequence(seed: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(int(seed), spawn_key=(int(index),))
 
 
-def simulate_one(renderer: Renderer, index: int, seed: int, noise: bool = True) -> tuple:
-    """Simulate image ``index`` of a run: returns ((H, W) float32 image, label, Scene)."""
+def simulate_one(
+    renderer: Renderer, index: int, seed: int, noise: bool = True
+) -> tuple[np.ndarray, int, Scene]:
+    """Simulate image ``index`` of a run with ``seed``.
+
+    Returns:
+        The (H, W) float32 image in the model's unit, its label (``index % 3``) and its Scene.
+    """
     label = index % len(CLASS_NAMES)
     scene_seq, noise_seq = image_seed_sequence(seed, index).spawn(2)
     scene = draw_scene(renderer.model, label, np.random.default_rng(scene_seq))

@@ -76,9 +76,10 @@ def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torc
     return torch.rand(n, generator=generator, device=device) < p
 
 
-def _per_sample(value: FloatOrTensor, x: Tensor) -> Tensor:
-    """Broadcast a float or a ``(batch,)`` tensor to ``(batch, 1, 1, 1)`` on ``x``'s device."""
-    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+def _per_sample(value: FloatOrTensor, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Broadcast a float or a ``(batch,)`` tensor to ``(batch, 1, 1, 1)`` on ``x``'s device
+    (in ``x``'s dtype unless ``dtype`` is given)."""
+    t = torch.as_tensor(value, dtype=dtype or x.dtype, device=x.device)
     if t.ndim == 0:
         t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
@@ -358,13 +359,13 @@ def gaussian_blur(
     """
     _check_batch(x)
     b, c, h, w = x.shape
-    sigma = _per_sample(sigma_px, x).view(-1)
+    kdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    sigma = _per_sample(sigma_px, x, kdtype).view(-1)
     if max_sigma_px is None:
         max_sigma_px = float(sigma.max()) if b else 0.0
     radius = min(math.ceil(truncate * max_sigma_px), h - 1, w - 1)
     if radius <= 0:
         return x
-    kdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     kernels = gaussian_kernels1d(sigma, radius, truncate, kdtype).to(x.dtype)  # (B, K)
     kernels = kernels.repeat_interleave(c, dim=0)  # (B*C, K)
     size = 2 * radius + 1
@@ -579,6 +580,7 @@ class AugmentParams:
     contrast_p: float = 1.0
     colour_jitter: tuple[float, float, float, float] | None = None  # b, c, s, hue; 3 bands only
     colour_jitter_p: float = 0.8
+    colour_clamp: bool = True  # clamp to [0, 1] inside colour jitter, as torchvision does
     grayscale_p: float = 0.0  # 3 bands only
     blur_sigma_px: tuple[float, float] | None = None  # uniform sigma range in pixels
     blur_levels_px: tuple[float, ...] | None = None  # or: a random one of these sigmas
@@ -758,9 +760,8 @@ class ViewAugmenter(nn.Module):
         if p.colour_jitter is not None:
             bri, con, sat, hue = p.colour_jitter
             out = colour_jitter(
-                out, bri, con, sat, hue, p=p.colour_jitter_p, generator=gen,
-                clamp=p.clamp is not None or self.preset == "cifar",
-            )  # fmt: skip
+                out, bri, con, sat, hue, p.colour_jitter_p, generator=gen, clamp=p.colour_clamp
+            )
         if p.grayscale_p > 0:
             out = random_grayscale(out, p.grayscale_p, generator=gen)
         if p.blur_levels_px is not None or p.blur_sigma_px is not None:

@@ -71,11 +71,10 @@ def test_random_init_never_downloads(monkeypatch) -> None:
     assert not torch.equal(a.layer1[0].conv1.weight, b.layer1[0].conv1.weight)
 
 
-@pytest.mark.parametrize(
-    ("name", "stem", "in_chans"),
-    [("resnet18", "imagenet", 1), ("resnet18", "cifar", 3), ("resnet34", "small", 1),
-     ("resnet50", "small", 3)],
-)  # fmt: skip
+LOAD_CASES = [("resnet18", "imagenet", 1), ("resnet18", "cifar", 3), ("resnet34", "small", 1)]
+
+
+@pytest.mark.parametrize(("name", "stem", "in_chans"), [*LOAD_CASES, ("resnet50", "small", 3)])
 def test_saved_weights_load_into_plain_torchvision_resnet(name, stem, in_chans) -> None:
     torch.manual_seed(1)
     backbone = build_backbone(name, in_chans, stem)

@@ -60,17 +60,9 @@ def _images() -> np.ndarray:
 
 
 def _pretrain_cfg(out: str, **kw) -> PretrainConfig:
-    return PretrainConfig(
-        out=out,
-        stem="small",
-        batch_size=2,
-        epochs=1,
-        method="contrastive-rotation",
-        proj_hidden_dim=16,
-        proj_out_dim=8,
-        device="cpu",
-        **kw,
-    )
+    base = dict(stem="small", batch_size=2, epochs=1, method="contrastive-rotation")
+    base.update(proj_hidden_dim=16, proj_out_dim=8, device="cpu")
+    return PretrainConfig(out=out, **{**base, **kw})
 
 
 def _worker(rank: int, port: int, tmp: str) -> None:

@@ -319,3 +319,22 @@ def test_evaluate_rejects_other_size_channels_and_non_finetune_folders(evaluated
     )
     with pytest.raises(CheckpointError, match="no model.pt.*pretrain run"):
         evaluate(cfg, progress=False)
+
+
+def test_model_file_from_another_backbone_is_a_clear_error(evaluated, tmp_path):
+    import shutil
+
+    root, run, _ = evaluated
+    bad = tmp_path / "bad_run"
+    shutil.copytree(run, bad)
+    state = torch.load(bad / "model.pt", weights_only=True)
+    state["spec"]["backbone"] = "resnet34"  # weights are resnet18's
+    torch.save(state, bad / "model.pt")
+    cfg = config_from_sources(
+        EvaluateConfig, None, {"checkpoint": str(bad), "data": str(root / "test.h5")}
+    )
+    with pytest.raises(CheckpointError, match=r"model\.pt: weights do not match.*resnet34"):
+        evaluate(cfg, progress=False)
+    torch.save({"format": "something else"}, bad / "model.pt")
+    with pytest.raises(CheckpointError, match="not a deeplense_ssl finetune model"):
+        evaluate(cfg, progress=False)

@@ -154,6 +154,15 @@ def test_low_precision_inputs_computed_in_float32() -> None:
     assert out.item() == pytest.approx(nt_xent(a, b, 0.1).item(), rel=2e-2)
 
 
+def test_autocast_does_not_lower_the_loss_precision() -> None:
+    g = torch.Generator().manual_seed(10)
+    a, b = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = nt_xent(a, b, 0.05)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, nt_xent(a, b, 0.05), rtol=1e-6, atol=0)
+
+
 def test_module_matches_function_and_checks_args() -> None:
     g = torch.Generator().manual_seed(8)
     views = [torch.randn(5, 4, generator=g) for _ in range(3)]

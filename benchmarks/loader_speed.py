@@ -1,0 +1,243 @@
+"""Loader speed: images/s for 64x64 float32 from HDF5, a .npy folder and a memory-mapped .npy.
+
+Question: is data loading ever the bottleneck? The CPU training step runs at ~50 images/s, so
+the loader should deliver >= 100x that (5,000 images/s), and the HDF5 path >= 20,000 images/s
+warm on one core.
+
+Measured (each "warm": the files were read once before, so they sit in the page cache; every
+number is the mean and spread of ``--repeats`` runs, side by side in one process):
+
+* ``load_dataset``: read + layout/dtype + NaN policy + min-max scaling into memory, per input
+  (converted HDF5, ``<root>/<class>/*.npy`` folder, one stacked memory-mapped ``.npy``), on
+  clean data (``nan_policy="raise"``: the check runs, nothing to fix) and on data where 1% of
+  the images hold 10 NaN pixels (``nan_policy="interpolate"``, the most expensive policy);
+* random access of single images as a training loop sees them: ``LensingDataset`` +
+  ``DataLoader(batch_size=256, shuffle=True)`` over the loaded set, raw ``h5py`` reads of
+  single images in random order (a lazy HDF5 dataset), and memory-mapped ``.npy`` rows;
+* HDF5 chunking: random single-image reads and a bulk read for several ``chunk_images``.
+
+Run (exact command used for benchmarks/README.md)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/loader_speed.py --n 8192 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from deeplense_ssl import __version__  # noqa: E402
+from deeplense_ssl.datasets import LensingDataset, convert_dataset, load_dataset  # noqa: E402
+from deeplense_ssl.io import write_hdf5  # noqa: E402
+
+TRAIN_STEP_IMAGES_PER_S = 50.0  # CPU training-step rate the loader must beat 100x
+
+
+def header() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"# {cpu}, {os.cpu_count()} logical cores visible, 1 thread used; Python "
+        f"{platform.python_version()}, numpy {np.__version__}, h5py {h5py.__version__} "
+        f"(HDF5 {h5py.version.hdf5_version}), torch {torch.__version__}, deeplense_ssl "
+        f"{__version__}\n# command: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} "
+        f"{sys.executable.split('/work/main/')[-1]} {' '.join(sys.argv)}"
+    )
+
+
+def timed(fn: Callable[[], int], repeats: int) -> tuple[float, float]:
+    """Run ``fn`` (returns images processed) once to warm up, then ``repeats`` times.
+
+    Returns:
+        (mean, std) images per second over the timed repeats.
+    """
+    fn()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return float(np.mean(rates)), float(np.std(rates))
+
+
+def make_inputs(root: Path, n: int, nan: bool, seed: int) -> dict[str, Path]:
+    """Write the same n 64x64 float32 images (3 classes) as a folder, a stacked .npy and HDF5."""
+    rng = np.random.default_rng(seed)
+    images = rng.gamma(2.0, 1.0, (n, 64, 64)).astype(np.float32)
+    labels = np.arange(n) % 3
+    if nan:
+        bad = rng.choice(n, max(1, n // 100), replace=False)
+        for i in bad:
+            images[i, rng.integers(0, 64, 10), rng.integers(0, 64, 10)] = np.nan
+    tag = "nan" if nan else "clean"
+    folder = root / f"folder_{tag}"
+    for c, name in enumerate(("axion", "cdm", "no_sub")):
+        (folder / name).mkdir(parents=True)
+        for i in np.flatnonzero(labels == c):
+            np.save(folder / name / f"{i:06d}.npy", images[i][None])
+    stacked = root / f"stack_{tag}.npy"
+    np.save(stacked, images)
+    np.save(root / f"labels_{tag}.npy", labels)
+    h5 = root / f"data_{tag}.h5"
+    if not nan:
+        convert_dataset(stacked, h5, labels=root / f"labels_{tag}.npy", progress=False)
+    else:  # keep the NaNs in the HDF5 input too, so their cleaning cost is measured from it
+        write_hdf5(h5, np.nan_to_num(images[:, None]), labels, ["axion", "cdm", "no_sub"])
+        with h5py.File(h5, "r+") as f:
+            f["images"][...] = images[:, None]
+    return {"hdf5": h5, "npy folder": folder, "mmap npy": stacked}
+
+
+def bench_load(inputs: dict[str, Path], policy: str, labels: Path, repeats: int) -> dict:
+    out = {}
+    for name, path in inputs.items():
+        kw = {"labels": labels} if name == "mmap npy" else {}
+
+        def run(path: Path = path, kw: dict = kw) -> int:
+            data = load_dataset(path, nan_policy=policy, normalize="minmax", progress=False, **kw)
+            return len(data)
+
+        out[name] = timed(run, repeats)
+    return out
+
+
+def bench_random_access(inputs: dict[str, Path], n: int, repeats: int, seed: int) -> dict:
+    out = {}
+    data = load_dataset(inputs["hdf5"], normalize="minmax", progress=False)
+    loader = DataLoader(LensingDataset(data), batch_size=256, shuffle=True, num_workers=0)
+
+    def epoch() -> int:
+        count = 0
+        for x, _ in loader:
+            count += len(x)
+        return count
+
+    out["LensingDataset+DataLoader (in memory, after load_dataset from HDF5)"] = timed(
+        epoch, repeats
+    )
+    order = np.random.default_rng(seed).permutation(n)
+
+    def h5_items() -> int:
+        with h5py.File(inputs["hdf5"], "r") as f:
+            ds = f["images"]
+            for i in order:
+                ds[i]
+        return n
+
+    out["h5py single-image random reads (lazy HDF5, chunk 1)"] = timed(h5_items, repeats)
+    mm = np.load(inputs["mmap npy"], mmap_mode="r")
+
+    def mmap_items() -> int:
+        for i in order:
+            np.array(mm[i])
+        return n
+
+    out["memory-mapped .npy single-image random reads"] = timed(mmap_items, repeats)
+    return out
+
+
+def bench_chunks(root: Path, n: int, chunks: list[int], repeats: int, seed: int) -> dict:
+    images = np.random.default_rng(seed).random((n, 1, 64, 64), dtype=np.float32)
+    order = np.random.default_rng(seed + 1).permutation(n)[: min(n, 4096)]
+    out = {}
+    for chunk in chunks:
+        path = write_hdf5(
+            root / f"chunk{chunk}.h5", images, np.zeros(n, int), ["a"], chunk_images=chunk
+        )
+
+        def single(path: Path = path) -> int:
+            with h5py.File(path, "r") as f:
+                ds = f["images"]
+                for i in order:
+                    ds[i]
+            return len(order)
+
+        def bulk(path: Path = path) -> int:
+            with h5py.File(path, "r") as f:
+                f["images"][()]
+            return n
+
+        out[chunk] = {"random single": timed(single, repeats), "bulk": timed(bulk, repeats)}
+    return out
+
+
+def fmt(rate: tuple[float, float]) -> str:
+    return f"{rate[0]:>12,.0f} +- {rate[1]:>9,.0f}   ({rate[0] / TRAIN_STEP_IMAGES_PER_S:>7,.0f}x)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=8192, help="images per input")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunks", default="1,4,16,64", help="HDF5 chunk sizes to compare")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch (default: temp)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="loader_speed_", dir=args.workdir))
+    results: dict = {"config": vars(args) | {"json": str(args.json), "workdir": str(root)}}
+    try:
+        print(header())
+        print(
+            f"# {args.n} images 64x64 float32 per input; images/s mean +- std over "
+            f"{args.repeats} warm repeats; (Nx) = multiple of the {TRAIN_STEP_IMAGES_PER_S:.0f} "
+            "images/s CPU training step"
+        )
+        clean = make_inputs(root, args.n, nan=False, seed=args.seed)
+        dirty = make_inputs(root, args.n, nan=True, seed=args.seed)
+        sections = {
+            "load_dataset, clean data, nan_policy=raise": bench_load(
+                clean, "raise", root / "labels_clean.npy", args.repeats
+            ),
+            "load_dataset, 1% images with NaN, nan_policy=interpolate": bench_load(
+                dirty, "interpolate", root / "labels_nan.npy", args.repeats
+            ),
+            "random access (training-loop view)": bench_random_access(
+                clean, args.n, args.repeats, args.seed
+            ),
+        }
+        chunks = bench_chunks(
+            root, args.n, [int(c) for c in args.chunks.split(",")], args.repeats, args.seed
+        )
+        for title, rows in sections.items():
+            print(f"\n## {title}")
+            for name, rate in rows.items():
+                print(f"  {name:<70} {fmt(rate)}")
+        print("\n## HDF5 chunk_images (images/s): random single-image reads | bulk read")
+        for chunk, rates in chunks.items():
+            print(f"  chunk {chunk:>3}: {fmt(rates['random single'])} | {fmt(rates['bulk'])}")
+        results["sections"] = {
+            t: {k: list(v) for k, v in rows.items()} for t, rows in sections.items()
+        }
+        results["chunks"] = {str(c): {k: list(v) for k, v in r.items()} for c, r in chunks.items()}
+        results["header"] = header()
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

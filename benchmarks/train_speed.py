@@ -1,0 +1,318 @@
+"""Training speed vs lightly: one SimCLR epoch, ours against lightly's, side by side.
+
+Question: is our SimCLR epoch (data already in memory -> batched on-device augmentation ->
+forward/backward/step, plus our run-folder writes) at least as fast as lightly's standard
+SimCLR loop on the same backbone, batch, input and data (target >= 1.0x on CPU, >= 1.5x on a
+GPU), and how much memory does each take?
+
+The contenders (each trial is a fresh subprocess, so peak memory is per contender):
+
+* ``ours``: ``deeplense_ssl.train.pretrain`` with ``method="simclr"``, ``augment="cifar"``
+  (crop 0.08-1, flip, colour jitter 0.4/0.4/0.4/0.1 p=0.8, grayscale p=0.2), NT-Xent tau 0.5,
+  projection 512-512-128, SGD, channels-last, bf16 autocast on CUDA. Timed: the whole
+  ``pretrain`` call for one epoch, *including* writing config.json, the epoch-end checkpoint,
+  backbone.pt and the loss-curve PNG.
+* ``lightly`` (the ``bench`` extra): ``lightly.transforms.SimCLRTransform(input_size,
+  gaussian_blur=0)`` (the same CIFAR recipe, per-sample PIL ops) in a ``DataLoader``
+  (``--lightly-workers``), ``SimCLRProjectionHead(512, 512, 128)``, ``lightly.loss.NTXentLoss``
+  (tau 0.5), SGD, the same backbone (``build_backbone``), channels-last and autocast. The float
+  images are converted to uint8 PIL images *before* timing (lightly needs PIL), which favours
+  lightly. Two forward passes per step (``z0 = model(x0)``, ``z1 = model(x1)``) as in lightly's
+  examples.
+
+Both do one untimed warm-up step first. Trials alternate (ours, lightly, ours, lightly, ...) so
+that a shared machine's changing load hits both alike; the ratio of the medians is reported,
+plus each round's pair ratio.
+
+Memory: CPU -> peak RSS of the trial process (``ru_maxrss``: imports, data, model, optimiser,
+activations; lightly's DataLoader workers, if any, are not included); CUDA ->
+``torch.cuda.max_memory_allocated`` during the timed epoch.
+
+Run (exact command used for benchmarks/README.md)::
+
+    .venv/bin/python benchmarks/train_speed.py --n 1024 --size 32 --batch 128 --rounds 3
+
+GPU (not run here: no GPU in this workplace)::
+
+    python benchmarks/train_speed.py --device cuda --n 50000 --size 32 --batch 512 \\
+        --lightly-workers 8 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve()
+
+
+# --------------------------------------------------------------------------------------------
+# The two contenders (each runs in its own subprocess)
+# --------------------------------------------------------------------------------------------
+
+
+def make_images(n: int, chans: int, size: int, seed: int = 0) -> np.ndarray:
+    """Smooth random float32 images in [0, 1], ``(n, chans, size, size)`` (same for both)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((n, chans, size // 4, size // 4), dtype=np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=size, mode="bilinear")
+    noise = 0.1 * rng.random((n, chans, size, size), dtype=np.float32)
+    return np.clip(up.numpy() + noise, 0.0, 1.0).astype(np.float32)
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_ours(args: argparse.Namespace) -> dict:
+    """One timed epoch of ``deeplense_ssl.train.pretrain`` (after a 1-step warm-up run)."""
+    import dataclasses
+
+    from deeplense_ssl.config import PretrainConfig
+    from deeplense_ssl.runtime import resolve_device
+    from deeplense_ssl.train import pretrain
+
+    device = resolve_device(args.device)
+    images = make_images(args.n, args.chans, args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = PretrainConfig(
+            data="<benchmark>",
+            out=f"{tmp}/warm",
+            method="simclr",
+            augment="cifar",
+            backbone=args.backbone,
+            stem=args.stem,
+            batch_size=args.batch,
+            epochs=1,
+            max_steps=1,
+            temperature=0.5,
+            proj_hidden_dim=512,
+            proj_out_dim=128,
+            lr=0.3 * args.batch / 256,
+            device=args.device,
+            checkpoint_every_steps=10**9,
+            normalize="none",
+            seed=0,
+        )
+        pretrain(cfg, progress=False, dataset=images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+        timed = dataclasses.replace(cfg, out=f"{tmp}/timed", max_steps=None)
+        t0 = time.perf_counter()
+        pretrain(timed, progress=False, dataset=images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    steps = args.n // args.batch
+    return {"seconds": seconds, "images": steps * args.batch, "peak_mib": _peak_memory_mib(device)}
+
+
+class _PILViews(torch.utils.data.Dataset):
+    def __init__(self, images: list, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), 0
+
+
+def run_lightly(args: argparse.Namespace) -> dict:
+    """One timed epoch of lightly's SimCLR loop (after a 1-step warm-up)."""
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+    from lightly.transforms import SimCLRTransform
+    from PIL import Image
+    from torch import nn
+
+    from deeplense_ssl.backbones import build_backbone
+    from deeplense_ssl.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    images = make_images(args.n, args.chans, args.size)
+    mode = "RGB" if args.chans == 3 else "L"
+    pil = [
+        Image.fromarray(np.squeeze((img.transpose(1, 2, 0) * 255).round().astype(np.uint8)), mode)
+        for img in images
+    ]
+    transform = SimCLRTransform(input_size=args.size, gaussian_blur=0.0)
+    loader = torch.utils.data.DataLoader(
+        _PILViews(pil, transform),
+        batch_size=args.batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.lightly_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.lightly_workers > 0,
+    )
+    backbone = build_backbone(args.backbone, in_chans=args.chans, stem=args.stem)
+    model = nn.Sequential(backbone, SimCLRProjectionHead(backbone.feature_dim, 512, 128))
+    model.to(device=device, memory_format=torch.channels_last)
+    criterion = NTXentLoss(temperature=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3 * args.batch / 256, momentum=0.9)
+    amp = torch.bfloat16 if device.type == "cuda" else None
+
+    def step(views) -> None:
+        x0, x1 = (
+            v.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            for v in views
+        )
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            z0, z1 = model(x0), model(x1)
+        loss = criterion(z0.float(), z1.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(next(iter(loader))[0])  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    n_images = 0
+    for views, _ in loader:
+        step(views)
+        n_images += len(views[0])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "images": n_images, "peak_mib": _peak_memory_mib(device)}
+
+
+# --------------------------------------------------------------------------------------------
+# Driver: interleaved trials in subprocesses
+# --------------------------------------------------------------------------------------------
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "uptime unavailable"
+
+
+def header(args: argparse.Namespace) -> str:
+    import lightly
+
+    import deeplense_ssl
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return "\n".join(
+        [
+            "# train_speed: one SimCLR epoch, deeplense_ssl vs lightly",
+            f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}",
+            f"# cpu: {cpu} x{os.cpu_count()}, gpu: {gpu}, device: {args.device}, "
+            f"threads: {args.threads}",
+            f"# torch {torch.__version__}, lightly {lightly.__version__}, "
+            f"deeplense_ssl {deeplense_ssl.__version__}, python {platform.python_version()}",
+            f"# data: {args.n} x {args.chans}x{args.size}x{args.size} float32, batch "
+            f"{args.batch}, {args.backbone}/{args.stem}, lightly workers {args.lightly_workers}",
+        ]
+    )
+
+
+def _trial(name: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, str(HERE), "--contender", name, *sys.argv[1:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} trial failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["images_per_s"] = result["images"] / result["seconds"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1024, help="images in the epoch")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--chans", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--stem", default="cifar")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--lightly-workers", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="ours/lightly pairs")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--contender", choices=["ours", "lightly"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.contender:
+        run = run_ours if args.contender == "ours" else run_lightly
+        print(json.dumps(run(args)))
+        return
+
+    print(header(args))
+    load_before = _uptime()
+    print(f"# load before: {load_before}")
+    trials: dict[str, list[dict]] = {"ours": [], "lightly": []}
+    for r in range(args.rounds):
+        for name in ("ours", "lightly"):
+            res = _trial(name, args)
+            trials[name].append(res)
+            print(
+                f"round {r + 1} {name:8s} {res['images_per_s']:8.1f} images/s  "
+                f"{res['seconds']:7.2f} s  peak {res['peak_mib']:8.0f} MiB",
+                flush=True,
+            )
+    load_after = _uptime()
+    print(f"# load after: {load_after}")
+    med = {k: statistics.median(t["images_per_s"] for t in v) for k, v in trials.items()}
+    mem = {k: statistics.median(t["peak_mib"] for t in v) for k, v in trials.items()}
+    pairs = [
+        o["images_per_s"] / li["images_per_s"]
+        for o, li in zip(trials["ours"], trials["lightly"], strict=True)
+    ]
+    print(
+        f"images/s median: ours {med['ours']:.1f}, lightly {med['lightly']:.1f} -> ratio "
+        f"{med['ours'] / med['lightly']:.2f}x (per round: {', '.join(f'{p:.2f}' for p in pairs)})"
+    )
+    print(
+        f"peak memory median: ours {mem['ours']:.0f} MiB, lightly {mem['lightly']:.0f} MiB -> "
+        f"ratio {mem['ours'] / mem['lightly']:.2f}x "
+        f"({'peak RSS' if args.device == 'cpu' else 'cuda max_memory_allocated'})"
+    )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": vars(args),
+                    "header": header(args),
+                    "load": [load_before, load_after],
+                    "trials": trials,
+                    "ratio_images_per_s": med["ours"] / med["lightly"],
+                    "ratio_peak_memory": mem["ours"] / mem["lightly"],
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
