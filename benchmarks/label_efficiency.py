@@ -1,0 +1,242 @@
+"""How many labels does self-supervision save on DeepLense-like data?
+
+For each simulated model (Model I- and Model II-like by default), each SSL method
+(``simclr``, ``contrastive-rotation``, ``contrastive-blur``, ``rotation``, ``blur``) is pretrained
+once per seed on the unlabelled training images, then a linear probe is trained at each label
+fraction. The baselines are a linear probe on a frozen randomly initialised backbone and
+supervised training from scratch, at the same fractions and seeds. Every run is scored on a
+separately simulated test set (different seed): macro one-vs-rest ROC-AUC with a 95% bootstrap
+interval. Results go to a JSON file and a Markdown table (``--markdown``).
+
+All runs go through the package's public functions (the same code as the CLI): simulate ->
+pretrain -> finetune -> evaluate.
+
+Usage::
+
+    # CPU budget (what ran here; ~1 h on 2 cores)
+    python benchmarks/label_efficiency.py --setting cpu \
+        --out benchmarks/results/label_eff_cpu.json --markdown benchmarks/results/label_eff_cpu.md
+    # GPU budget
+    python benchmarks/label_efficiency.py --setting gpu --out label_eff_gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deeplense_ssl import __version__
+from deeplense_ssl.config import (
+    EvaluateConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    SimulateConfig,
+)
+from deeplense_ssl.evaluate import evaluate
+from deeplense_ssl.finetune import finetune
+from deeplense_ssl.simulate import simulate_dataset
+from deeplense_ssl.train import pretrain
+
+METHODS = ("simclr", "contrastive-rotation", "contrastive-blur", "rotation", "blur")
+SETTINGS = {
+    "cpu": dict(
+        models=("model_ii", "model_i"),
+        image_size={"model_i": 64, "model_ii": 64},
+        n_train_per_class=300,
+        n_test_per_class=150,
+        pretrain_epochs=6,
+        batch_size=96,
+        probe_epochs=40,
+        scratch_epochs=10,
+        fractions=(0.01, 0.1, 1.0),
+        seeds=(0,),
+        n_bootstrap=500,
+    ),
+    "gpu": dict(
+        models=("model_ii", "model_i"),
+        image_size={"model_i": 150, "model_ii": 64},
+        n_train_per_class=10000,
+        n_test_per_class=2000,
+        pretrain_epochs=100,
+        batch_size=256,
+        probe_epochs=100,
+        scratch_epochs=60,
+        fractions=(0.01, 0.1, 1.0),
+        seeds=(0, 1, 2),
+        n_bootstrap=1000,
+    ),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--setting", choices=list(SETTINGS), default="cpu")
+    ap.add_argument("--models", nargs="+", default=None)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--work-dir", default="label_efficiency_runs")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="label_efficiency.json")
+    ap.add_argument("--markdown", default=None, help="also write the table as Markdown here")
+    args = ap.parse_args()
+    s = dict(SETTINGS[args.setting])
+    models = args.models or list(s["models"])
+    seeds = args.seeds if args.seeds is not None else list(s["seeds"])
+    work = Path(args.work_dir)
+    header = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "setting": args.setting,
+        **{k: v for k, v in s.items() if k not in ("models", "seeds")},
+        "models": models,
+        "seeds": seeds,
+        "methods": args.methods,
+        "device": args.device,
+        "cuda": torch.cuda.is_available(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "deeplense_ssl": __version__,
+    }
+    print(json.dumps(header, indent=1), flush=True)
+    rows: list[dict] = []
+    t_start = time.perf_counter()
+
+    def run_eval(run_dir: Path, test_h5: Path, model: str, method: str, frac: float, seed: int):
+        cfg = EvaluateConfig(
+            checkpoint=str(run_dir), data=str(test_h5), out=str(run_dir / "metrics.json"),
+            n_bootstrap=s["n_bootstrap"], device=args.device, seed=seed,
+        )  # fmt: skip
+        cfg.validate()
+        m = evaluate(cfg, progress=False)
+        auc = m["roc_auc"]["macro"]
+        ci = (m.get("ci") or {}).get("auc_macro") or {}
+        row = {
+            "model": model,
+            "method": method,
+            "label_fraction": frac,
+            "seed": seed,
+            "auc_macro": auc,
+            "ci_low": ci.get("lower"),
+            "ci_high": ci.get("upper"),
+            "accuracy": m.get("accuracy"),
+            "elapsed_s": round(time.perf_counter() - t_start),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+
+    for model in models:
+        size = s["image_size"][model]
+        data = work / model
+        train_h5, test_h5 = data / "train.h5", data / "test.h5"
+        for path, n, seed in [(train_h5, s["n_train_per_class"], 0), (test_h5, s["n_test_per_class"], 1)]:  # fmt: skip # noqa: E501
+            if not path.exists():
+                simulate_dataset(
+                    SimulateConfig(
+                        out=str(path),
+                        model=model,
+                        n_per_class=n,
+                        seed=seed,
+                        image_size=size,
+                        workers=2,
+                    )  # fmt: skip
+                )
+        for seed in seeds:
+            ft_common = dict(data=str(train_h5), device=args.device, seed=seed)
+            for method in args.methods:
+                pre = data / f"pre-{method}-s{seed}"
+                if not (pre / "backbone.pt").exists():
+                    pretrain(
+                        PretrainConfig(
+                            data=str(train_h5),
+                            out=str(pre),
+                            method=method,
+                            epochs=s["pretrain_epochs"],
+                            batch_size=s["batch_size"],
+                            seed=seed,
+                            device=args.device,
+                            resume=(pre / "checkpoint.pt").exists(),
+                        ),  # fmt: skip
+                        progress=False,
+                    )
+                for frac in s["fractions"]:
+                    run = data / f"ft-{method}-f{frac:g}-s{seed}"
+                    if not (run / "model.pt").exists():
+                        finetune(
+                            FinetuneConfig(
+                                **ft_common,
+                                checkpoint=str(pre),
+                                out=str(run),
+                                head="linear",
+                                init="pretrained",
+                                label_fraction=frac,
+                                epochs=s["probe_epochs"],
+                            ),  # fmt: skip
+                            progress=False,
+                        )
+                    run_eval(run, test_h5, model, method, frac, seed)
+            pre0 = data / f"pre-{args.methods[0]}-s{seed}"
+            for frac in s["fractions"]:
+                for name, kw in [
+                    ("random-init", dict(checkpoint=str(pre0), head="linear", init="random",
+                                         epochs=s["probe_epochs"])),
+                    ("supervised", dict(head="full", init="scratch", epochs=s["scratch_epochs"])),
+                ]:  # fmt: skip
+                    run = data / f"ft-{name}-f{frac:g}-s{seed}"
+                    if not (run / "model.pt").exists():
+                        finetune(
+                            FinetuneConfig(**ft_common, out=str(run), label_fraction=frac, **kw),
+                            progress=False,
+                        )
+                    run_eval(run, test_h5, model, name, frac, seed)
+
+    table = markdown_table(rows, s["fractions"])
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(
+            f"Command: `{header['command']}`\n\n```json\n{json.dumps(header, indent=1)}\n```\n\n"
+            + table
+        )
+
+
+def markdown_table(rows: list[dict], fractions) -> str:
+    """Mean macro AUC over seeds per (model, method) x label fraction, with the CI of seed 0."""
+    lines = []
+    for model in sorted({r["model"] for r in rows}):
+        lines += [
+            f"\n### {model}: macro ROC-AUC on the test set (95% bootstrap CI)\n",
+            "| method | " + " | ".join(f"{f:g} labels" for f in fractions) + " |",
+            "|---|" + "---|" * len(fractions),
+        ]
+        for method in dict.fromkeys(r["method"] for r in rows if r["model"] == model):
+            cells = []
+            for f in fractions:
+                sel = [
+                    r for r in rows
+                    if r["model"] == model and r["method"] == method and r["label_fraction"] == f
+                ]  # fmt: skip
+                if not sel:
+                    cells.append("-")
+                    continue
+                mean = np.mean([r["auc_macro"] for r in sel])
+                spread = f" ± {np.std([r['auc_macro'] for r in sel]):.3f}" if len(sel) > 1 else ""
+                ci = sel[0]
+                ci_txt = (
+                    f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]"
+                    if ci["ci_low"] is not None
+                    else ""
+                )
+                cells.append(f"{mean:.3f}{spread}{ci_txt}")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
