@@ -48,7 +48,7 @@ METHODS = ("simclr", "contrastive-rotation", "contrastive-blur", "rotation", "bl
 SETTINGS = {
     "cpu": dict(
         models=("model_ii", "model_i"),
-        image_size={"model_i": 64, "model_ii": 64},
+        image_size={"model_i": 96, "model_ii": 64},  # model_i needs >= 88 px for its ring
         n_train_per_class=300,
         n_test_per_class=150,
         pretrain_epochs=6,

@@ -8,9 +8,11 @@ Method: forward + backward (sum of the features as a dummy loss, SGD-free) of
 ``build_backbone(backbone, in_chans, stem)`` on random ``(batch, in_chans, size, size)`` input, in
 training mode. The stems are timed in interleaved rounds (round-robin), so slow drifts of a shared
 machine hit all of them alike; each round times ``--steps`` steps after ``--warmup`` untimed ones.
-Reported: images/s per stem (mean and standard deviation over rounds) and the ratio to ``cifar``.
-A reference variant ``cifar+maxpool`` (3x3/1 then the 3x3/2 max-pool, same layer1 resolution as
-``small``) is timed too, to show that the stride-2 conv is the cheaper way to halve resolution.
+Reported: images/s per stem (median, best and standard deviation over rounds; on a shared
+machine the best round is the closest to an idle core), median ratios to ``cifar`` and
+``imagenet``, and the forward multiply-accumulates per image of the conv/linear layers (exact,
+noise-free). A reference variant ``cifar+maxpool`` (3x3/1 then the 3x3/2 max-pool, the same
+layer1 resolution as ``small``) is timed too, as the other obvious way to halve the resolution.
 
 Command (recorded in benchmarks/README.md, section "Backbone stems")::
 
@@ -38,6 +40,27 @@ def _variant(backbone: str, in_chans: int, stem: str) -> nn.Module:
         model.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         return model
     return build_backbone(backbone, in_chans, stem)
+
+
+def _count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of the conv and linear layers for one forward pass of ``x``."""
+    total = 0
+
+    def hook(module, inputs, output) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels
+            total += output.numel() * k // module.groups
+        elif isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    with torch.no_grad():
+        model.eval()(x)
+    model.train()
+    for h in handles:
+        h.remove()
+    return total
 
 
 def _time_steps(model: nn.Module, x: torch.Tensor, steps: int, sync) -> float:
@@ -90,6 +113,7 @@ def main() -> None:
     }
     print("# " + json.dumps(header))
 
+    macs = {s: _count_macs(m, x[:1]) for s, m in models.items()}
     for model in models.values():  # warm-up (allocator, kernels)
         for _ in range(args.warmup):
             _time_steps(model, x, 1, sync)
@@ -101,15 +125,30 @@ def main() -> None:
             per_round[s].append(args.batch * args.steps / seconds)
 
     results = {}
-    ref = statistics.mean(per_round["cifar"])
-    print(f"{'stem':<15}{'images/s':>12}{'std':>10}{'x cifar':>10}  layer1 size")
+    ref = statistics.median(per_round["cifar"])
+    print(
+        f"{'stem':<15}{'median img/s':>14}{'best':>8}{'std':>8}{'x cifar':>9}{'x imagenet':>12}"
+        f"{'GMAC/img':>10}  layer1"
+    )
+    ref_imagenet = statistics.median(per_round["imagenet"])
     for s in stems:
         vals = per_round[s]
-        mean = statistics.mean(vals)
+        med, best = statistics.median(vals), max(vals)
         std = statistics.stdev(vals) if len(vals) > 1 else 0.0
         layer1 = args.size // {"imagenet": 4, "cifar": 1}.get(s, 2)
-        results[s] = {"images_per_s": mean, "std": std, "ratio_to_cifar": mean / ref}
-        print(f"{s:<15}{mean:>12.1f}{std:>10.1f}{mean / ref:>10.2f}  {layer1}x{layer1}")
+        gmac = macs[s] / 1e9
+        results[s] = {
+            "median_images_per_s": med,
+            "best_images_per_s": best,
+            "std": std,
+            "ratio_to_cifar": med / ref,
+            "ratio_to_imagenet": med / ref_imagenet,
+            "gmac_per_image": gmac,
+        }
+        print(
+            f"{s:<15}{med:>14.1f}{best:>8.1f}{std:>8.1f}{med / ref:>9.2f}"
+            f"{med / ref_imagenet:>12.2f}{gmac:>10.3f}  {layer1}x{layer1}"
+        )
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"header": header, "results": results, "per_round": per_round}, fh, indent=1)

@@ -78,7 +78,7 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_ours(args: argparse.Namespace) -> dict:
+def run_ours(args: argparse.Namespace, channels_last: bool = True) -> dict:
     """One timed epoch of ``deeplense_ssl.train.pretrain`` (after a 1-step warm-up run)."""
     import dataclasses
 
@@ -105,6 +105,7 @@ def run_ours(args: argparse.Namespace) -> dict:
             lr=0.3 * args.batch / 256,
             device=args.device,
             checkpoint_every_steps=10**9,
+            channels_last=channels_last,
             normalize="none",
             seed=0,
         )
@@ -259,25 +260,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lightly-workers", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3, help="ours/lightly pairs")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--contender", choices=["ours", "lightly"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--contenders",
+        default="ours,lightly",
+        choices=["ours,lightly", "ours,ours-nchw"],
+        help="the pair to compare (ours-nchw: ours without channels-last, to measure it)",
+    )
+    parser.add_argument(
+        "--contender", choices=["ours", "ours-nchw", "lightly"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     if args.contender:
-        run = run_ours if args.contender == "ours" else run_lightly
-        print(json.dumps(run(args)))
+        runs = {
+            "ours": run_ours,
+            "ours-nchw": lambda a: run_ours(a, channels_last=False),
+            "lightly": run_lightly,
+        }
+        print(json.dumps(runs[args.contender](args)))
         return
+    names = args.contenders.split(",")
+    base, other = names
 
     print(header(args))
     load_before = _uptime()
     print(f"# load before: {load_before}")
-    trials: dict[str, list[dict]] = {"ours": [], "lightly": []}
+    trials: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.rounds):
-        for name in ("ours", "lightly"):
+        for name in names:
             res = _trial(name, args)
             trials[name].append(res)
             print(
-                f"round {r + 1} {name:8s} {res['images_per_s']:8.1f} images/s  "
+                f"round {r + 1} {name:9s} {res['images_per_s']:8.1f} images/s  "
                 f"{res['seconds']:7.2f} s  peak {res['peak_mib']:8.0f} MiB",
                 flush=True,
             )
@@ -287,15 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     mem = {k: statistics.median(t["peak_mib"] for t in v) for k, v in trials.items()}
     pairs = [
         o["images_per_s"] / li["images_per_s"]
-        for o, li in zip(trials["ours"], trials["lightly"], strict=True)
+        for o, li in zip(trials[base], trials[other], strict=True)
     ]
     print(
-        f"images/s median: ours {med['ours']:.1f}, lightly {med['lightly']:.1f} -> ratio "
-        f"{med['ours'] / med['lightly']:.2f}x (per round: {', '.join(f'{p:.2f}' for p in pairs)})"
+        f"images/s median: {base} {med[base]:.1f}, {other} {med[other]:.1f} -> ratio "
+        f"{med[base] / med[other]:.2f}x (per round: {', '.join(f'{p:.2f}' for p in pairs)})"
     )
     print(
-        f"peak memory median: ours {mem['ours']:.0f} MiB, lightly {mem['lightly']:.0f} MiB -> "
-        f"ratio {mem['ours'] / mem['lightly']:.2f}x "
+        f"peak memory median: {base} {mem[base]:.0f} MiB, {other} {mem[other]:.0f} MiB -> "
+        f"ratio {mem[base] / mem[other]:.2f}x "
         f"({'peak RSS' if args.device == 'cpu' else 'cuda max_memory_allocated'})"
     )
     if args.json:
@@ -306,8 +321,8 @@ def main(argv: list[str] | None = None) -> None:
                     "header": header(args),
                     "load": [load_before, load_after],
                     "trials": trials,
-                    "ratio_images_per_s": med["ours"] / med["lightly"],
-                    "ratio_peak_memory": mem["ours"] / mem["lightly"],
+                    "ratio_images_per_s": med[base] / med[other],
+                    "ratio_peak_memory": mem[base] / mem[other],
                 },
                 indent=2,
             )

@@ -76,7 +76,8 @@ def command(config_path: str | None, **params) -> None:
     if ci.get("lower") is not None:
         interval = f" [{ci['lower']:.3f}, {ci['upper']:.3f}]"
     what = "AUC" if auc["binary"] else "macro AUC"
+    value = "undefined (one class only)" if auc["macro"] is None else f"{auc['macro']:.4f}"
     click.echo(
-        f"{what} {auc['macro']:.4f}{interval} on {m['n_images']} images; "
+        f"{what} {value}{interval} on {m['n_images']} images; "
         f"accuracy {m['accuracy']:.4f}. Wrote {m['metrics_file']}"
     )

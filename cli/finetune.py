@@ -71,6 +71,20 @@ from .options import (
     show_default=True,
     help="--head full: backbone learning rate = lr x this.",
 )
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--mlp-hidden-dim", type=int, default=512, show_default=True, help="--head mlp.")
+@click.option(
+    "--augment/--no-augment",
+    default=True,
+    show_default=True,
+    help="Random dihedral augmentation when the backbone is trained.",
+)
+@click.option(
+    "--feature-dihedral/--no-feature-dihedral",
+    default=True,
+    show_default=True,
+    help="Frozen backbone: also cache features of the 8 rotated/reflected training images.",
+)
 @click.option(
     "--backbone",
     type=click.Choice(["resnet18", "resnet34", "resnet50"]),

@@ -471,8 +471,7 @@ def normalize_images(
     lo = out.min(axis=axes, keepdims=True)
     span = out.max(axis=axes, keepdims=True) - lo
     out -= lo
-    out *= 1.0 / np.where(span > 0, span, 1.0).astype(np.float32)
-    np.clip(out, 0.0, 1.0, out=out)  # x * (1 / span) may overshoot 1 by one ulp
+    out /= np.where(span > 0, span, np.float32(1.0))  # exact 1.0 at the maximum
     if method == "asinh":
         a = ASINH_SOFTENING
         out /= a

@@ -53,6 +53,7 @@ __all__ = [
     "fit_normalization",
     "label_fraction_subset",
     "load_dataset",
+    "make_splits",
     "render_data_card",
     "stratified_split",
     "summarize",
@@ -72,7 +73,7 @@ class ImageSet:
         meta: ``kind``, ``path``, ``nan_policy``, ``normalize``, ``image_size``, ``nan_counts``
             ((N,) non-finite pixels per image before cleaning), ``source_index`` ((N,) index of
             each image in the source, which differs when images were dropped), ``params``
-            (per-image arrays such as ``axion_mass``, NaN where unknown), ``norm_stats`` (dict,
+            (per-image arrays such as ``axion_mass_ev``, NaN where unknown), ``norm_stats`` (dict,
             for ``zscore-dataset``), stored HDF5 attributes.
     """
 
@@ -193,10 +194,20 @@ def _clean_blocks(
     normalize: str,
     stats: NormStats | None,
     block_size: int,
+    buffer: Any = None,
 ) -> Iterator[_Block]:
-    """Read ``src`` block by block and apply layout/dtype -> NaN policy -> size -> scaling."""
+    """Read ``src`` block by block and apply layout/dtype -> NaN policy -> size -> scaling.
+
+    ``buffer(b)``, if given, returns where the next ``b`` images should land; stacked float32
+    HDF5 sources are then read straight into it and cleaned in place (no extra copy).
+    """
     scale = normalize if normalize != "zscore-dataset" or stats is not None else "none"
-    for start, raw, params in src.iter_blocks(block_size):
+    for start in range(0, len(src), block_size):
+        stop = min(start + block_size, len(src))
+        if buffer is not None and src.stacked:
+            raw, params = src.read_block(start, stop, out=buffer(stop - start))
+        else:
+            raw, params = src.read_block(start, stop)
         if src.stacked:
             arr = to_nchw_float32(raw, path=src.path, start=start)
             counts = count_nonfinite(arr)
@@ -313,6 +324,14 @@ def load_dataset(
         report = NanReport(policy=nan_policy)
         pos = 0
         first_src: object = None
+        direct = getattr(src, "direct_shape", None) if image_size is None else None
+        buffer = None
+        if direct is not None:  # read straight into the final array (float32 HDF5, ours)
+            images = np.empty((n, *direct), np.float32)
+
+            def buffer(b: int) -> np.ndarray:
+                return images[pos : pos + b]
+
         bar = _progress(n, f"loading {Path(path).name}", progress)
         try:
             blocks = _clean_blocks(
@@ -323,6 +342,7 @@ def load_dataset(
                 normalize=normalize,
                 stats=norm_stats,
                 block_size=block_size,
+                buffer=buffer,
             )
             for block in blocks:
                 report = report + block.report
@@ -332,6 +352,7 @@ def load_dataset(
                     continue
                 if images is None:
                     images = np.empty((n, *block.images.shape[1:]), np.float32)
+                if first_src is None:
                     first_src = src.sources[int(block.index[0])]
                 elif block.images.shape[1:] != images.shape[1:]:
                     bad = int(block.index[0])
@@ -339,7 +360,8 @@ def load_dataset(
                     raise _shape_error(
                         block.images.shape[1:], images.shape[1:], first_src, where, idx
                     )
-                images[pos : pos + m] = block.images
+                if not _same_memory(block.images, images[pos : pos + m]):
+                    images[pos : pos + m] = block.images
                 index[pos : pos + m] = block.index
                 counts[pos : pos + m] = block.nan_counts
                 for key, value in block.params.items():
@@ -378,6 +400,15 @@ def load_dataset(
             nan_report=report,
             meta=meta,
         )
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """True if ``a`` is exactly the memory of ``b`` (same start, shape and strides)."""
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
 
 
 def _where(src: Source, i: int) -> tuple[object, int | None]:
@@ -464,6 +495,35 @@ def label_fraction_subset(
         k = max(1, _round(fraction * len(members)))
         chosen.append(order[:k])
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)
+
+
+def make_splits(
+    data: ImageSet,
+    *,
+    val_fraction: float,
+    test_fraction: float = 0.0,
+    label_fraction: float = 1.0,
+    seed: int = 0,
+) -> dict[str, LensingDataset]:
+    """Stratified train/val/test :class:`LensingDataset` objects, for few-label experiments.
+
+    ``train`` keeps only ``label_fraction`` of the training split
+    (:func:`label_fraction_subset`, at least one image per class, nested across fractions);
+    ``val`` and ``test`` are complete. With ``zscore-dataset`` pending, the statistics are fit
+    on the whole training split (never on val/test) before the datasets are built.
+
+    Returns:
+        ``{"train", "val", "test"}`` -> :class:`LensingDataset`.
+    """
+    split = stratified_split(data.labels, val_fraction, test_fraction, seed=seed)
+    if data.normalization_pending:
+        data.fit_normalization(split["train"])
+    train = label_fraction_subset(split["train"], data.labels, label_fraction, seed)
+    return {
+        "train": LensingDataset(data, train),
+        "val": LensingDataset(data, split["val"]),
+        "test": LensingDataset(data, split["test"]),
+    }
 
 
 # ----------------------------------------------------------------------------- convert

@@ -532,6 +532,16 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
             f"of shape {images.shape[1:]}; pretrain on data with the same bands, or fine-tune "
             "a baseline (--from-scratch / --random-init) without --checkpoint."
         )
+    seen = info.get("input_shape")
+    if cfg.init == "pretrained" and image_size is None and seen and len(seen) == 3:
+        if tuple(images.shape[2:]) != tuple(seen[1:]):
+            raise DataError(
+                f"images are {images.shape[2]}x{images.shape[3]} px but the backbone in "
+                f"{cfg.checkpoint} was pretrained on {seen[1]}x{seen[2]} px; pass "
+                f"--image-size {seen[1]} to crop/resize them as in pretraining, or choose the "
+                "size explicitly with --image-size.",
+                cfg.data,
+            )
     present = np.unique(labels)
     if len(class_names) < 2 or len(present) < 2:
         raise DataError(

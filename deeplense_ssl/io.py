@@ -20,8 +20,9 @@ Supported inputs (``open_source`` decides from the path):
 
 In folders every file holds one image, in any of the layouts ``(H, W)``, ``(1, H, W)``,
 ``(C, H, W)``, ``(H, W, C)``. Pickled ``.npy`` files (DeepLense axion files, object arrays
-``[image, axion_mass]``) are refused unless ``allow_pickle=True``; their mass is kept as the
-per-image parameter ``axion_mass`` (NaN for images without one).
+``[image, axion_mass]``, mass in eV) are refused unless ``allow_pickle=True``; the mass is kept
+as the per-image parameter ``axion_mass_ev`` (NaN for images without one), the name the
+simulator uses.
 
 The package's HDF5 layout (written by ``convert`` and ``simulate``, format ``deeplense_ssl.v1``):
 
@@ -47,6 +48,7 @@ import contextlib
 import csv
 import json
 import os
+import pickle
 import re
 import tempfile
 import warnings
@@ -179,8 +181,15 @@ class HDF5Writer:
 
         if len(self.image_shape) != 3:
             raise DataError(f"image shape must be (C, H, W), got {self.image_shape}.", self.path)
+        if self.path.is_dir():
+            raise DataError("is a folder; give a file name such as data.h5 for --out.", self.path)
         self._ctx = atomic_output(self.path)
-        tmp = self._ctx.__enter__()
+        try:
+            tmp = self._ctx.__enter__()
+        except OSError as exc:
+            raise DataError(
+                f"cannot write here ({exc.strerror}); choose another --out.", self.path
+            ) from exc
         try:
             f = self._file = h5py.File(tmp, "w")
             n = self.n_max
@@ -326,7 +335,8 @@ class RawData:
         labels: (N,) int64 class indices.
         class_names: names in label order.
         sources: (N,) file name (and ``[index]`` inside stacked files) of each image.
-        params: per-image parameters, arrays of length N (NaN where unknown), e.g. ``axion_mass``.
+        params: per-image parameters, arrays of length N (NaN where unknown), e.g.
+            ``axion_mass_ev``.
         meta: source-level metadata (``kind``, ``path``, stored HDF5 attributes, ...).
     """
 
@@ -444,9 +454,9 @@ class _FileListSource(Source):
                     file,
                 )
             images.append(image)
-            if "axion_mass" in params:
-                masses[j] = params["axion_mass"]
-        params_out = {} if np.isnan(masses).all() else {"axion_mass": masses}
+            if "axion_mass_ev" in params:
+                masses[j] = params["axion_mass_ev"]
+        params_out = {} if np.isnan(masses).all() else {"axion_mass_ev": masses}
         return images, params_out
 
 
@@ -483,6 +493,14 @@ class _ArraySource(Source):
             labels = np.zeros(n, np.int64)
             class_names = class_names or ["unlabelled"]
             meta.setdefault("labelled", False)
+        if not isinstance(labels, str | Path) and np.asarray(labels).dtype.kind in "SUO":
+            text = [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(labels)]
+            class_names = class_names or sorted(set(text))
+            lookup = {c: k for k, c in enumerate(class_names)}
+            missing = sorted(set(text) - set(lookup))
+            if missing:
+                raise DataError(f"labels {missing} are not among classes {class_names}.", path)
+            labels = np.array([lookup[t] for t in text], np.int64)
         labels = _as_labels(labels, path)
         if len(labels) != n:
             raise DataError(
@@ -506,9 +524,25 @@ class _ArraySource(Source):
             sources = [f"{path.name}[{i}]" for i in range(n)] if n > 1 else [path.name]
         super().__init__(path, kind, labels, class_names, sources, meta)
 
-    def read_block(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    @property
+    def direct_shape(self) -> tuple[int, ...] | None:
+        """(C, H, W) when blocks can be read straight into a float32 (N, C, H, W) buffer."""
+        a = self.array
+        if not hasattr(a, "read_direct") or a.ndim != 4 or a.dtype != np.dtype(np.float32):
+            return None
+        c, h, w = a.shape[1:]
+        return (c, h, w) if c <= 16 and c <= w else None
+
+    def read_block(
+        self, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Read images ``start:stop``; into ``out`` (and return it) when ``direct_shape``."""
         try:
-            block = np.asarray(self.array[start:stop])
+            if out is not None and self.direct_shape is not None:
+                self.array.read_direct(out, np.s_[start:stop])
+                block = out
+            else:
+                block = np.asarray(self.array[start:stop])
         except (OSError, ValueError) as exc:  # truncated memmap, corrupt HDF5 chunk
             raise DataError(
                 f"cannot read images {start}..{stop - 1} ({exc}); the file may be truncated or "
@@ -642,14 +676,14 @@ def read_image_file(path: str | Path, *, allow_pickle: bool = False) -> tuple[np
     """Read one ``.npy`` or FITS file holding one image (or a stack when given directly).
 
     Returns:
-        (array as stored, params) where params holds ``axion_mass`` for DeepLense axion files.
+        (array as stored, params) where params holds ``axion_mass_ev`` for DeepLense axion files.
 
     Raises:
         DataError: unreadable, truncated, pickled without opt-in, or no image data.
     """
     path = Path(path)
     if path.name.lower().endswith(".npy"):
-        return _read_npy(path, allow_pickle=allow_pickle, mmap=False)
+        return _read_npy_bytes(path, allow_pickle=allow_pickle)
     return _read_fits(path), {}
 
 
@@ -890,6 +924,51 @@ def _read_npy(path: Path, *, allow_pickle: bool, mmap: bool) -> tuple[np.ndarray
     return array, {}
 
 
+_NPY_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+
+
+def _read_npy_bytes(path: Path, *, allow_pickle: bool) -> tuple[np.ndarray, dict]:
+    """Read a small .npy in one system call; headers seen before are not parsed again.
+
+    A folder of DeepLense files shares one header, so this is several times faster than
+    ``np.load`` per file (which opens and parses each header with ``ast.literal_eval``).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read file ({exc.strerror}).", path) from exc
+    if data[:6] != b"\x93NUMPY" or len(data) < 10:
+        raise DataError(
+            "not a readable .npy file (no .npy header); it may be corrupt or have the wrong "
+            "extension: re-create or re-download it.",
+            path,
+        )
+    if data[6] == 1:
+        start = 10 + int.from_bytes(data[8:10], "little")
+    else:
+        start = 12 + int.from_bytes(data[8:12], "little")
+    head = data[:start]
+    info = _NPY_HEADERS.get(head)
+    if info is None:
+        shape, dtype, _ = _npy_header(path)
+        if dtype.hasobject:
+            return _read_npy(path, allow_pickle=allow_pickle, mmap=False)
+        fortran = b"'fortran_order': True" in head
+        info = (shape, fortran, dtype)
+        if len(_NPY_HEADERS) < 256:
+            _NPY_HEADERS[head] = info
+    shape, fortran, dtype = info
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - start < count * dtype.itemsize:
+        raise DataError(
+            f"cannot read .npy: truncated ({len(data) - start} of {count * dtype.itemsize} data "
+            "bytes); re-create or re-download it.",
+            path,
+        )
+    array = np.frombuffer(data, dtype, count, start).reshape(shape, order="F" if fortran else "C")
+    return array, {}
+
+
 def _read_pickled(path: Path) -> tuple[np.ndarray, dict]:
     try:
         obj = np.load(path, allow_pickle=True)
@@ -899,7 +978,7 @@ def _read_pickled(path: Path) -> tuple[np.ndarray, dict]:
     if obj.dtype == object and obj.shape == (2,) and np.ndim(obj[1]) == 0:
         image, extra = obj[0], obj[1]
         try:
-            params["axion_mass"] = float(extra)
+            params["axion_mass_ev"] = float(extra)
         except (TypeError, ValueError):
             pass
     elif obj.dtype == object and obj.ndim >= 1 and len(obj) >= 1:
@@ -1119,3 +1198,99 @@ def _read_fits(path: Path) -> np.ndarray:
 def _open_fits(path: Path, labels: Any, class_names: Any) -> Source:
     data = _read_fits(path)
     return _ArraySource(path, "fits", data, labels, class_names)
+
+
+# --- CIFAR-10 (official ``cifar-10-batches-py`` layout) -------------------------------------
+
+_CIFAR_ALLOWED_GLOBALS = {
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("_codecs", "encode"),  # how Python 3 protocol-2 pickles rebuild ``bytes``; data only
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that can rebuild only plain containers and numeric numpy arrays.
+
+    The official CIFAR-10 python files are pickles. A general unpickler runs arbitrary code;
+    this one refuses every global but the three numpy constructors an array needs, so a
+    tampered file fails loudly instead of executing anything.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        if name == "_reconstruct":
+            try:
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # numpy < 2
+                from numpy.core.multiarray import _reconstruct
+            return _reconstruct
+        return getattr(np, name)
+
+
+def _load_cifar_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            obj = _ArrayOnlyUnpickler(fh, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataError(
+            "missing CIFAR-10 batch file; expected the official cifar-10-batches-py layout "
+            "(data_batch_1..5, test_batch, batches.meta).",
+            path,
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"not a valid CIFAR-10 batch file ({exc}).", path) from None
+    if not isinstance(obj, dict):
+        raise DataError("not a valid CIFAR-10 batch file (expected a dict).", path)
+    obj = {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    data = obj.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise DataError("CIFAR-10 batch has no uint8 (N, 3072) 'data' array.", path)
+    if len(obj.get("labels", [])) != len(data):
+        raise DataError(f"{len(data)} images but {len(obj.get('labels', []))} labels.", path)
+    return obj
+
+
+def read_cifar10(
+    root: str | Path, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read CIFAR-10 from the official ``cifar-10-batches-py`` folder without unsafe unpickling.
+
+    Args:
+        root: the ``cifar-10-batches-py`` folder, or a folder containing it.
+        split: ``"train"`` (data_batch_1..5) or ``"test"`` (test_batch).
+
+    Returns:
+        images (N, 3, 32, 32) float32 in [0, 1], labels (N,) int64, class names.
+    """
+    root = Path(root)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    if not root.is_dir():
+        raise DataError("no such CIFAR-10 folder (official cifar-10-batches-py layout).", root)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train' or 'test', got {split!r}.", root)
+    batches = [_load_cifar_batch(root / name) for name in names]
+    meta_path = root / "batches.meta"
+    meta = _load_cifar_batch_meta(meta_path)
+    images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([np.asarray(b["labels"], dtype=np.int64) for b in batches])
+    return images.astype(np.float32) / 255.0, labels, meta
+
+
+def _load_cifar_batch_meta(path: Path) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            meta = _ArrayOnlyUnpickler(fh, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+        raise DataError(f"cannot read CIFAR-10 class names ({exc}).", path) from None
+    meta = {k.decode() if isinstance(k, bytes) else k: v for k, v in meta.items()}
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]

@@ -92,9 +92,8 @@ def _multi_positive_nt_xent_fp32(
     cand_ids = torch.arange(total, device=device).repeat(n)  # (n * total,)
     view_of_anchor = torch.arange(n, device=device).repeat_interleave(batch)
     self_col = view_of_anchor * total + anchor_ids  # column of each anchor itself
-    rows = torch.arange(n * batch, device=device)
-    self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[rows, self_col] = True
+    cols = torch.arange(n * total, device=device)
+    self_mask = cols[None, :] == self_col[:, None]  # (nB, n * total)
     logits = logits.masked_fill(self_mask, float("-inf"))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     positive = (anchor_ids[:, None] == cand_ids[None, :]) & ~self_mask  # n - 1 per row

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .transforms import gaussian_blur, generator_for_device
+from .transforms import gaussian_blur, generator_for_device, sigma_levels
 
 
 def rotation_pretext(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,5 +67,5 @@ def blur_pretext(
         raise ValueError(f"blur_pretext needs >= 2 non-negative sigmas, got {levels}.")
     gen = generator_for_device(generator, x.device)
     targets = torch.randint(0, len(levels), (x.shape[0],), generator=gen, device=x.device)
-    sigma = torch.tensor(levels, dtype=torch.float32, device=x.device)[targets]
+    sigma = sigma_levels(targets, levels)
     return gaussian_blur(x, sigma, max_sigma_px=max(levels)), targets

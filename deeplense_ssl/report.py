@@ -252,7 +252,10 @@ def fig_roc(metrics: dict[str, Any]) -> str:
     ax.plot([0, 1], [0, 1], color="lightgrey", lw=0.8)
     ax.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01))
     ax.set_title("ROC (one-vs-rest)" if not auc.get("binary") else "ROC")
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no class with positives and negatives", ha="center", fontsize=8)
     return _png(fig)
 
 
@@ -441,7 +444,7 @@ def fig_retrieval(ex: dict[str, np.ndarray], class_names: list[str]) -> str:
             axes[row, j + 1].imshow(img, cmap=cmap)
             color = "green" if nl == labels[q] else "red"
             axes[row, j + 1].set_title(
-                f"{class_names[nl]} {ex['neighbor_similarity'][q, j]:.2f}",
+                f"{class_names[nl]} {ex['neighbor_similarity'][q, j]:.3f}",
                 fontsize=7,
                 color=color,
             )
@@ -593,6 +596,19 @@ def _auc_table(m: dict[str, Any]) -> str:
     )
 
 
+def _kv_table(obj: dict[str, Any] | None) -> str:
+    """A two-column table of a flat-ish dict; nested values as compact JSON."""
+    if not obj:
+        return "<p class=meta>none recorded</p>"
+    rows = "".join(
+        f"<tr><th>{_esc(k)}</th><td>"
+        f"{_esc(v if isinstance(v, str) else json.dumps(v, default=str, separators=(', ', ': ')))}"
+        "</td></tr>"
+        for k, v in obj.items()
+    )
+    return f"<table>{rows}</table>"
+
+
 def _details(title: str, obj: Any, open_: bool = False) -> str:
     text = json.dumps(obj, indent=2, default=str)
     return (
@@ -619,7 +635,11 @@ summary{cursor:pointer;font-size:13px;margin:4px 0}.meta{color:#555;font-size:13
 def _run_section(run: RunRecord, cfg: ReportConfig, device: Any) -> str:
     m = run.metrics
     class_names = list(m["class_names"])
-    parts = [f"<h2 id='{_esc(run.name)}'>Run {_esc(run.name)}</h2>"]
+    row = run_summary(run)
+    parts = [
+        f"<h2 id='{_esc(run.name)}'>Run {_esc(run.name)}: {_esc(_setup_name(row))}, "
+        f"label fraction {_esc(row['label_fraction'])}</h2>"
+    ]
     parts.append(
         f"<p class=meta>{_esc(run.run_dir)} &middot; test data {_esc(m.get('data'))} &middot; "
         f"deeplense_ssl {_esc(m.get('deeplense_ssl_version'))}</p>"
@@ -652,7 +672,7 @@ def _run_section(run: RunRecord, cfg: ReportConfig, device: Any) -> str:
         parts.append(f"<p class=note>{_esc(note)}</p>")
     rc = run.run_config or {}
     parts.append("<h3>Config, data and versions</h3>")
-    parts.append(_details("data summary (fine-tuning)", rc.get("data_summary"), open_=True))
+    parts.append("<p class=meta>fine-tuning data</p>" + _kv_table(rc.get("data_summary")))
     parts.append(
         _details(
             "fine-tuning config (resolved)",

@@ -87,6 +87,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "resume"})
 
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
+KNN_MAX_BANK = 10_000  # labelled training images embedded for the kNN monitor at most
 MAX_DEVICE_DATA_FRACTION = 0.5  # of free GPU memory the training set may occupy
 
 
@@ -716,8 +717,13 @@ def _pretrain(
     if cfg.compile:
         net = torch.compile(net)
 
-    data = _put_on_device(images[train_idx], device)
-    val_data = torch.from_numpy(images[val_idx]) if cfg.knn_monitor else None
+    data = _put_on_device(images if n_train == n_all else images[train_idx], device)
+    val_data, bank_idx = None, None
+    if cfg.knn_monitor:
+        val_data = torch.from_numpy(images[val_idx])
+        bank_idx = np.arange(n_train)
+        if n_train > KNN_MAX_BANK:  # a fixed random subset keeps the monitor cheap
+            bank_idx = np.sort(np.random.default_rng(cfg.seed).choice(n_train, KNN_MAX_BANK, False))
 
     def save(step: int, finished: bool) -> None:
         rng = gather_objects(capture_rng_state(), info)
@@ -830,8 +836,8 @@ def _pretrain(
                 if val_data is not None and info.is_main:
                     epoch_record["knn_top1"] = knn_monitor(
                         backbone,
-                        data,
-                        labels[train_idx],
+                        data[torch.from_numpy(bank_idx).to(data.device)],
+                        labels[train_idx][bank_idx],
                         val_data,
                         labels[val_idx],
                         device,

@@ -79,6 +79,10 @@ def _bernoulli(n: int, p: float, generator: torch.Generator | None, device: torc
 def _per_sample(value: FloatOrTensor, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Broadcast a float or a ``(batch,)`` tensor to ``(batch, 1, 1, 1)`` on ``x``'s device
     (in ``x``'s dtype unless ``dtype`` is given)."""
+    if isinstance(value, (int, float)):  # a fill on the device: no host-to-device copy
+        return torch.full(
+            (x.shape[0], 1, 1, 1), float(value), dtype=dtype or x.dtype, device=x.device
+        )
     t = torch.as_tensor(value, dtype=dtype or x.dtype, device=x.device)
     if t.ndim == 0:
         t = t.expand(x.shape[0])
@@ -187,7 +191,7 @@ def _dihedral_matrix(k: Tensor) -> Tensor:
     k = k.view(-1)
     n = k.shape[0]
     eye = torch.eye(2, device=k.device).expand(n, 2, 2)
-    swap = torch.tensor([[0.0, 1.0], [1.0, 0.0]], device=k.device).expand(n, 2, 2)
+    swap = eye.flip(-1)
     t = torch.where((k & 4).bool().view(-1, 1, 1), swap, eye)
     fh = torch.ones(n, 2, device=k.device)
     fh[:, 1] = torch.where((k & 2).bool(), -1.0, 1.0)
@@ -199,13 +203,13 @@ def _dihedral_matrix(k: Tensor) -> Tensor:
 
 
 def _compose(*thetas: Tensor) -> Tensor:
-    """Product of ``(batch, 2, 3)`` affine maps (as 3x3 homogeneous matrices), left to right."""
-    n = thetas[0].shape[0]
-    bottom = torch.tensor([0.0, 0.0, 1.0], device=thetas[0].device).expand(n, 1, 3)
-    out = torch.cat([thetas[0].float(), bottom], dim=1)
+    """Product of ``(batch, 2, 3)`` affine maps ``[A | b]``, left to right (first applied last)."""
+    out = thetas[0].float()
     for th in thetas[1:]:
-        out = out @ torch.cat([th.float(), bottom], dim=1)
-    return out[:, :2]
+        a1, b1 = out[..., :2], out[..., 2:]
+        a2, b2 = th.float()[..., :2], th.float()[..., 2:]
+        out = torch.cat([a1 @ a2, a1 @ b2 + b1], dim=-1)
+    return out
 
 
 def affine_warp(
@@ -377,6 +381,15 @@ def gaussian_blur(
     return y.view(b, c, h, w)
 
 
+def sigma_levels(index: Tensor, levels_px: Sequence[float]) -> Tensor:
+    """``levels_px[index]`` as a float32 tensor on ``index``'s device, built with device-side
+    selects (no host-to-device copy, so no CUDA synchronisation)."""
+    sigma = torch.zeros(index.shape, dtype=torch.float32, device=index.device)
+    for k, level in enumerate(levels_px):
+        sigma = torch.where(index == k, float(level), sigma)
+    return sigma
+
+
 def random_gaussian_blur(
     x: Tensor,
     sigma_px: tuple[float, float] = (0.1, 2.0),
@@ -483,8 +496,7 @@ def _require_rgb(x: Tensor, op: str) -> None:
 def rgb_to_grayscale(x: Tensor) -> Tensor:
     """ITU-R 601 luma ``0.2989 R + 0.587 G + 0.114 B`` (torchvision's weights), ``(B, 1, H, W)``."""
     _require_rgb(x, "rgb_to_grayscale")
-    w = torch.tensor([0.2989, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
+    return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def random_grayscale(x: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
@@ -500,15 +512,42 @@ def _blend(a: Tensor, b: Tensor, ratio: Tensor, clamp: bool) -> Tensor:
     return out.clamp(0, 1) if clamp else out
 
 
-def adjust_hue(x: Tensor, hue_shift: Tensor) -> Tensor:
-    """Shift the HSV hue of each image by ``hue_shift`` (fraction of a turn, ``(batch,)``)."""
-    _require_rgb(x, "adjust_hue")
-    import kornia.color
+def rgb_to_hsv(x: Tensor) -> Tensor:
+    """RGB in [0, 1] -> HSV with hue, saturation and value in [0, 1] (torchvision's formulas),
+    ``(batch, 3, H, W)``; element-wise, no lookups."""
+    r, g, b = x.unbind(dim=1)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    chroma = maxc - minc
+    flat = chroma == 0
+    sat = chroma / torch.where(flat, torch.ones_like(maxc), maxc)
+    safe = torch.where(flat, torch.ones_like(chroma), chroma)
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    hue = torch.where(is_r, bc - gc, torch.where(is_g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.remainder(hue / 6.0, 1.0)
+    return torch.stack([hue, sat, maxc], dim=1)
 
-    hsv = kornia.color.rgb_to_hsv(x)  # hue in radians [0, 2 pi)
-    two_pi = 2 * math.pi
-    h = torch.remainder(hsv[:, :1] + two_pi * _per_sample(hue_shift, x), two_pi)
-    return kornia.color.hsv_to_rgb(torch.cat([h, hsv[:, 1:]], dim=1))
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """Inverse of :func:`rgb_to_hsv`: channel ``n`` of RGB is ``v - v s clamp(min(k, 4 - k),
+    0, 1)`` with ``k = (n' + 6 h) mod 6`` and ``n' = 5, 3, 1`` for R, G, B."""
+    h, sat, v = hsv.unbind(dim=1)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + 6.0 * h, 6.0)
+        out.append(v - v * sat * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, dim=1)
+
+
+def adjust_hue(x: Tensor, hue_shift: Tensor) -> Tensor:
+    """Shift the HSV hue of each 3-band image in [0, 1] by ``hue_shift[i]`` turns (``(batch,)``),
+    as ``torchvision.transforms.functional.adjust_hue`` does with one factor per image."""
+    _require_rgb(x, "adjust_hue")
+    hsv = rgb_to_hsv(x)
+    hue = torch.remainder(hsv[:, :1] + _per_sample(hue_shift, x), 1.0)
+    return hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], dim=1))
 
 
 def colour_jitter(
@@ -766,8 +805,8 @@ class ViewAugmenter(nn.Module):
             out = random_grayscale(out, p.grayscale_p, generator=gen)
         if p.blur_levels_px is not None or p.blur_sigma_px is not None:
             if p.blur_levels_px is not None:
-                levels = torch.tensor(p.blur_levels_px, dtype=torch.float32, device=dev)
-                sig = levels[torch.randint(0, len(levels), (n,), generator=gen, device=dev)]
+                idx = torch.randint(0, len(p.blur_levels_px), (n,), generator=gen, device=dev)
+                sig = sigma_levels(idx, p.blur_levels_px)
                 max_sig = max(p.blur_levels_px)
             else:
                 sig = _uniform(n, *p.blur_sigma_px, gen, dev)

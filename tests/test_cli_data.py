@@ -70,7 +70,7 @@ def test_convert_folder_end_to_end(capsys, tmp_path: Path, axion_folder: Path):
         assert json.loads(f.attrs["class_names"]) == ["axion", "cdm", "no_sub"]
         assert f["nan_counts"][()].tolist() == [0, 0, 0, 1, 0, 0]
         assert f["sources"][3].decode() == "cdm/1.npy"
-        assert f["params/axion_mass"][:2].tolist() == [1e-23, 2e-23]
+        assert f["params/axion_mass_ev"][:2].tolist() == [1e-23, 2e-23]
         prov = json.loads(f.attrs["provenance"])
         assert prov["allow_pickle"] is True and prov["source_kind"] == "folder"
         assert f.attrs["nan_policy"] == "median" and f.attrs["image_size"] == 8
@@ -165,7 +165,7 @@ def test_inspect_and_card(capsys, tmp_path: Path, axion_folder: Path):
     code, out, err = run(capsys, "inspect", axion_folder, "--allow-pickle", "--json")
     summary = json.loads(out)
     assert summary["counts_per_class"] == {"axion": 2, "cdm": 2, "no_sub": 2}
-    assert summary["params"]["axion_mass"]["known"] == 2
+    assert summary["params"]["axion_mass_ev"]["known"] == 2
     card = tmp_path / "cards" / "model_ii.md"
     code, out, err = run(capsys, "inspect", axion_folder, "--allow-pickle", "--card", card)
     assert code == 0, err
@@ -174,3 +174,11 @@ def test_inspect_and_card(capsys, tmp_path: Path, axion_folder: Path):
     positions = [text.index(s) for s in CARD_SECTIONS]
     assert positions == sorted(positions)
     assert "| cdm | 2 |" in text
+
+
+def test_convert_out_is_a_folder(capsys, tmp_path: Path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 5, 5)))
+    (tmp_path / "out").mkdir()
+    code, _, err = run(capsys, "convert", tmp_path / "x.npy", "--out", tmp_path / "out")
+    assert code == 1 and "is a folder" in err and "Traceback" not in err
+    assert list((tmp_path / "out").iterdir()) == []

@@ -17,6 +17,7 @@ from deeplense_ssl.datasets import (
     convert_dataset,
     label_fraction_subset,
     load_dataset,
+    make_splits,
     render_data_card,
     stratified_split,
     summarize,
@@ -100,7 +101,7 @@ def test_axion_mass_kept_as_per_image_metadata(tmp_path: Path):
     with pytest.raises(DataError, match="allow_pickle"):
         load_dataset(root)
     data = load_dataset(root, allow_pickle=True, normalize="none")
-    mass = data.meta["params"]["axion_mass"]
+    mass = data.meta["params"]["axion_mass_ev"]
     assert mass[:2].tolist() == [1e-23, 5e-23] and np.isnan(mass[2])
 
 
@@ -258,3 +259,75 @@ def test_summarize_counts_raw_problems(tmp_path: Path):
     for key in ("license:", "task_categories:", "tags:", "size_categories:", "source_datasets:"):
         assert key in card.split("---")[1]
     assert "3 NaN" in card and "1 inf" in card
+
+
+@pytest.mark.parametrize("policy", ["drop", "interpolate"])
+def test_direct_hdf5_read_matches_in_memory_path(tmp_path: Path, policy: str):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(11, 1, 6, 6)).astype(np.float32)
+    x[[1, 5, 6], 0, 2, 2] = np.nan
+    with h5py.File(tmp_path / "g.h5", "w") as f:  # float32 (N, C, H, W): read in place
+        f["images"] = x
+        f["labels"] = np.arange(11) % 2
+    np.savez(tmp_path / "g.npz", images=x, labels=np.arange(11) % 2)
+    a = load_dataset(tmp_path / "g.h5", nan_policy=policy, block_size=3)
+    b = load_dataset(tmp_path / "g.npz", nan_policy=policy, block_size=4)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.nan_report == b.nan_report and np.isfinite(a.images).all()
+    assert len(a) == (8 if policy == "drop" else 11)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    layout=st.sampled_from(["nhw", "nchw", "nhwc"]),
+    dtype=st.sampled_from(["<f4", ">f4", "<f8", ">f8", "<i8", "|u1", "<i2"]),
+    n=st.integers(1, 5),
+    c=st.integers(1, 3),
+    nan_at=st.lists(st.integers(0, 10_000), max_size=6),
+    policy=st.sampled_from(["zero", "drop"]),
+    seed=st.integers(0, 999),
+)
+def test_load_dataset_property_shapes_dtypes_nan(layout, dtype, n, c, nan_at, policy, seed):
+    import tempfile
+
+    rng = np.random.default_rng(seed)
+    c = 1 if layout == "nhw" else c
+    ref = rng.integers(0, 200, (n, c, 17, 18)).astype(np.float64)  # exact in every dtype
+    if np.dtype(dtype).kind == "f":
+        flat = ref.reshape(-1)
+        for k in nan_at:
+            flat[k % flat.size] = np.nan if k % 2 else np.inf
+    stored = {"nhw": ref[:, 0], "nchw": ref, "nhwc": np.moveaxis(ref, 1, -1)}[layout]
+    bad = ~np.isfinite(ref)
+    per_image = bad.reshape(n, -1).sum(1)
+    keep = np.flatnonzero(per_image == 0) if policy == "drop" else np.arange(n)
+    expect = np.where(bad, 0.0, ref)[keep].astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.npy"
+        np.save(path, stored.astype(dtype))
+        if len(keep) == 0:
+            with pytest.raises(DataError, match="all .* dropped"):
+                load_dataset(path, nan_policy=policy, normalize="none")
+            return
+        data = load_dataset(path, nan_policy=policy, normalize="none")
+    assert data.nan_report.pixels_touched == bad.sum()
+    assert data.nan_report.images_touched == (per_image > 0).sum()
+    np.testing.assert_array_equal(data.images, expect)
+    assert data.images.dtype == np.float32 and data.images.shape == (len(keep), c, 17, 18)
+    assert data.meta["nan_counts"].tolist() == per_image[keep].tolist()
+
+
+def test_make_splits_few_labels_and_train_only_statistics(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(2, 3, (60, 1, 6, 6)).astype(np.float32)
+    y = np.repeat([0, 1, 2], 20)
+    np.savez(tmp_path / "a.npz", images=x, labels=y)
+    data = load_dataset(tmp_path / "a.npz", normalize="zscore-dataset")
+    parts = make_splits(data, val_fraction=0.2, test_fraction=0.2, label_fraction=0.25, seed=4)
+    split = stratified_split(y, 0.2, 0.2, seed=4)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [9, 12, 12]  # 3 x round(12/4)
+    assert set(parts["train"].indices) <= set(split["train"])
+    np.testing.assert_array_equal(parts["test"].indices, split["test"])
+    mean = x[split["train"]].astype(np.float64).mean()
+    assert data.meta["norm_stats"]["mean"][0] == pytest.approx(mean)

@@ -12,7 +12,7 @@ from helpers_finetune import fake_pretrain_run, write_toy_h5
 from deeplense_ssl.checkpoint import load_state_dict_file
 from deeplense_ssl.config import FinetuneConfig, config_from_sources
 from deeplense_ssl.datasets import load_dataset, stratified_split
-from deeplense_ssl.errors import CheckpointError, ConfigError
+from deeplense_ssl.errors import CheckpointError, ConfigError, DataError
 from deeplense_ssl.finetune import (
     MODEL_FILE,
     _fold_standardisation,
@@ -156,3 +156,12 @@ def test_folding_the_standardisation_is_exact():
         want = head((feats - mean) / std)
         _fold_standardisation(head, mean, std)
         torch.testing.assert_close(head(feats), want, rtol=1e-5, atol=1e-5)
+
+
+def test_other_image_size_than_pretraining_needs_an_explicit_choice(toy, tmp_path):
+    big = write_toy_h5(tmp_path / "big.h5", n_per_class=6, size=24)
+    with pytest.raises(DataError, match=r"big\.h5.*24x24.*16x16.*--image-size 16"):
+        finetune(_cfg(toy, tmp_path / "no", data=str(big)), progress=False)
+    assert not (tmp_path / "no").exists()
+    out = finetune(_cfg(toy, tmp_path / "yes", data=str(big), image_size=16, epochs=1), False)
+    assert json.loads((out / "config.json").read_text())["spec"]["input_hw"] == [16, 16]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from pathlib import Path
 
 import h5py
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from deeplense_ssl import io
 from deeplense_ssl.errors import DataError
 from deeplense_ssl.io import (
     HDF5_FORMAT,
@@ -65,10 +68,10 @@ def test_pickled_axion_refused_by_default_and_read_with_opt_in(tmp_path: Path):
     assert "axion/a0.npy" in msg and "allow_pickle=True" in msg and "--allow-pickle" in msg
     raw = read_source(root, allow_pickle=True)
     np.testing.assert_array_equal(raw.images[0], img)
-    assert raw.params["axion_mass"][0] == 3.5e-23
-    assert np.isnan(raw.params["axion_mass"][1])
+    assert raw.params["axion_mass_ev"][0] == 3.5e-23
+    assert np.isnan(raw.params["axion_mass_ev"][1])
     single = read_source(root / "axion" / "a0.npy", allow_pickle=True)
-    assert single.params["axion_mass"].tolist() == [3.5e-23]
+    assert single.params["axion_mass_ev"].tolist() == [3.5e-23]
     with pytest.raises(DataError, match="--allow-pickle"):
         open_source(root / "axion" / "a0.npy")
 
@@ -139,6 +142,11 @@ def test_generic_and_bad_hdf5(tmp_path: Path):
     raw = read_hdf5(tmp_path / "g.h5")
     np.testing.assert_array_equal(raw.images, x)
     assert raw.class_names == ["lens", "nonlens"] and raw.labels.tolist() == [1, 0, 1, 0, 1]
+    with h5py.File(tmp_path / "s.h5", "w") as f:  # class names stored as label strings
+        f["images"] = x
+        f["labels"] = np.array([b"nonlens", b"lens", b"lens", b"nonlens", b"lens"])
+    raw = read_hdf5(tmp_path / "s.h5")
+    assert raw.class_names == ["lens", "nonlens"] and raw.labels.tolist() == [1, 0, 0, 1, 0]
     with h5py.File(tmp_path / "amb.h5", "w") as f:
         f["images"] = x
         f["data"] = x
@@ -275,3 +283,60 @@ def test_writer_failures_leave_nothing(tmp_path: Path):
     raw = read_hdf5(tmp_path / "w.h5")  # fewer images than announced: shrunk on close
     assert raw.images.shape == (1, 1, 4, 4) and raw.params["m"].tolist() == [1.5]
     assert (tmp_path / "w.h5").stat().st_mode & 0o044  # readable by others, like a normal file
+
+
+# --- CIFAR-10, official pickled layout, read without executing code -------------------------
+
+
+def _write_cifar_layout(root, n_per_batch=4, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship"]
+    names.append("truck")
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": names, "num_vis": 3072}, fh, protocol=2)
+    expected = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n_per_batch).tolist()
+        with open(folder / name, "wb") as fh:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": b"x"}, fh, protocol=2)
+        expected[name] = (data, labels)
+    return folder, expected, names
+
+
+def test_read_cifar10_matches_the_pickled_arrays(tmp_path):
+    folder, expected, names = _write_cifar_layout(tmp_path)
+    x, y, class_names = io.read_cifar10(tmp_path, "train")
+    assert class_names == names
+    assert x.shape == (20, 3, 32, 32) and x.dtype == np.float32
+    first = expected["data_batch_1"][0][0]
+    # channel-major RGB: the first 1024 values are the red plane, row by row
+    np.testing.assert_allclose(x[0, 0].ravel(), first[:1024] / 255.0, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(x[0, 2].ravel(), first[2048:] / 255.0, rtol=0, atol=1e-7)
+    assert y.tolist() == sum((expected[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    xt, yt, _ = io.read_cifar10(folder, "test")
+    assert len(xt) == 4 and yt.tolist() == expected["test_batch"][1]
+
+
+def test_read_cifar10_refuses_code_in_the_pickle(tmp_path):
+    folder, _, _ = _write_cifar_layout(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({b"data": Evil(), b"labels": []}, fh, protocol=2)
+    with pytest.raises(DataError, match=r"data_batch_3.*refusing"):
+        io.read_cifar10(tmp_path, "train")
+    assert not marker.exists()
+
+
+def test_read_cifar10_missing_batch_names_the_file(tmp_path):
+    folder, _, _ = _write_cifar_layout(tmp_path)
+    (folder / "data_batch_5").unlink()
+    with pytest.raises(DataError, match="data_batch_5"):
+        io.read_cifar10(tmp_path, "train")

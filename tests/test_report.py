@@ -46,7 +46,7 @@ def test_report_is_self_contained_and_shows_the_metrics(two_runs, tmp_path):
         "Attribution maps",
         "Nearest-neighbour retrieval",
         "Embedding (t-SNE)",
-        "data summary",
+        "fine-tuning data",
     ):
         assert doc.count(heading) == (1 if "label fraction" in heading else 2), heading
     summary = json.loads((out.parent / "metrics.json").read_text())

@@ -277,7 +277,7 @@ def test_bad_arguments_raise_config_error():
         SimulateConfig(model="model_ii", n_per_class=1, workers=0).validate()
 
 
-def test_missing_lenstronomy_is_a_clear_error(monkeypatch, tmp_path):
+def test_missing_lenstronomy_is_a_clear_error(monkeypatch, tmp_path, capsys):
     from deeplense_ssl_cli.main import main
 
     monkeypatch.setitem(sys.modules, "lenstronomy", None)
@@ -288,6 +288,9 @@ def test_missing_lenstronomy_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["simulate", "--n-per-class", "1", "--out", str(out)])
     assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "pip install 'deeplense-ssl[sim]'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 

@@ -176,13 +176,13 @@ def test_resume_may_extend_epochs_but_not_change_the_config(tmp_path):
 
 _KILL_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import json, sys, time
     import numpy as np, torch
     torch.set_num_threads(1)
     from deeplense_ssl import train
     from deeplense_ssl.config import PretrainConfig
     images = np.random.default_rng(0).random((12, 1, 16, 16), dtype=np.float32)
-    cfg = PretrainConfig(**eval(sys.argv[1]))
+    cfg = PretrainConfig(**json.loads(sys.argv[1]))
     train.pretrain(cfg, progress=False, dataset=images, on_step=lambda s, r: time.sleep(0.4))
     """
 )
@@ -195,9 +195,9 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     ref = train.pretrain(_cfg(tmp_path / "ref", **kw), progress=False, dataset=images)
 
     killed = tmp_path / "killed"
-    cfg_repr = repr({**vars(_cfg(killed, **kw))})
+    cfg_json = json.dumps(vars(_cfg(killed, **kw)))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, cfg_repr], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, cfg_json], env=env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import colorsys
+
 import numpy as np
 import pytest
 import torch
@@ -288,6 +290,16 @@ def test_grayscale_matches_torchvision() -> None:
     torch.testing.assert_close(T.random_grayscale(x, p=0.0), x, rtol=0, atol=0)
 
 
+def test_hsv_conversion_matches_colorsys_and_round_trips() -> None:
+    x = _rgb(b=2, size=4)
+    x[0, :, 0, 0] = 0.5  # a gray pixel (undefined hue)
+    hsv = T.rgb_to_hsv(x)
+    for b, i, j in [(0, 0, 0), (0, 1, 2), (1, 3, 3), (1, 2, 0)]:
+        expected = colorsys.rgb_to_hsv(*x[b, :, i, j].tolist())
+        np.testing.assert_allclose(hsv[b, :, i, j].numpy(), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(T.hsv_to_rgb(hsv), x, rtol=0, atol=1e-6)
+
+
 def test_adjust_hue_matches_torchvision() -> None:
     x = _rgb(b=3)
     shifts = torch.tensor([-0.1, 0.05, 0.3])
@@ -375,11 +387,18 @@ def test_view_augmenter_rejects_bad_settings() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_view_augmenter_on_cuda_with_cpu_generator() -> None:
+def test_view_augmenter_on_cuda_with_cpu_generator_never_synchronises() -> None:
     aug = T.ViewAugmenter("lensing", in_chans=1, image_size=16)
+    blur = T.build_view_transform("contrastive-blur", 1, 16)
     x = _images(4, 1, 16, 16).cuda()
-    a, b = aug(x, generator=_gen(0)), aug(x, generator=_gen(0))
-    assert a.device == x.device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
+    try:
+        a, b = aug(x, generator=_gen(0)), aug(x, generator=_gen(0))
+        views = blur.views(x, 2, generator=_gen(1))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert a.device == x.device and views[0].device == x.device
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
