@@ -540,6 +540,7 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
         "input_hw": list(images.shape[2:]),
         "nan_report": _jsonable(getattr(dataset, "nan_report", None)),
     }
+    metrics["warnings"] = _data_warnings(run_dir, cfg.data, sources_all[keep])
     metrics["roc_auc"] = roc_auc_report(labels, probs, class_names)
     metrics.update(classification_metrics(labels, probs, class_names))
     metrics["ci"] = bootstrap_ci(
@@ -620,6 +621,28 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
     with atomic_output(out) as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, allow_nan=False, default=_json_default))
     return metrics
+
+
+def _data_warnings(run_dir: Path, data: str, sources: np.ndarray) -> list[str]:
+    """Evaluation mistakes of prior work that can be seen from the files (DOMAIN.md)."""
+    out = []
+    try:
+        ft = json.loads((run_dir / "config.json").read_text())["config"]["data"]
+        if ft and Path(ft).resolve() == Path(data).resolve():
+            out.append(
+                f"the test data {data} is the file the model was fine-tuned on; the numbers "
+                "are not a held-out evaluation."
+            )
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+        pass
+    named = [s for s in sources.tolist() if s]
+    n_dup = len(named) - len(set(named))
+    if n_dup:
+        out.append(
+            f"{n_dup} test image(s) repeat a source already in the test set (drawn with "
+            "replacement?); duplicates shrink the intervals artificially."
+        )
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

@@ -308,14 +308,40 @@ def fig_training(run: RunRecord) -> str | None:
     if "pre" in panels:
         ax = axes[k]
         k += 1
-        xkey = "step" if all("step" in r for r in pre) else None
-        x = [r["step"] for r in pre] if xkey else list(range(len(pre)))
-        ax.plot(x, [r["loss"] for r in pre], lw=1)
+        method = ((run.run_config or {}).get("pretrain") or {}).get("method") or "SSL"
+        steps = [r for r in pre if r.get("kind", "step") == "step" and "step" in r]
+        epochs = [r for r in pre if r.get("kind") == "epoch" and "step" in r]
+        if steps:
+            ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="step")
+            ax.plot(
+                [r["step"] for r in epochs],
+                [r["loss"] for r in epochs],
+                "o",
+                ms=3,
+                label="epoch end",
+            )
+            ax.set(xlabel="optimiser step")
+        else:
+            ax.plot(range(len(pre)), [r["loss"] for r in pre], lw=1)
+            ax.set(xlabel="log entry")
         ax.set(
-            xlabel="optimiser step" if xkey else "log entry",
             ylabel="loss",
-            title="pretraining loss",
+            title=f"pretraining loss ({method})",
         )
+        knn = [r for r in epochs if _num(r.get("knn_top1")) is not None]
+        if knn:
+            ax2 = ax.twinx()
+            ax2.plot(
+                [r["step"] for r in knn],
+                [r["knn_top1"] for r in knn],
+                "s--",
+                c="C2",
+                ms=3,
+                label="kNN top-1 (monitor)",
+            )
+            ax2.set_ylabel("kNN top-1")
+            ax2.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="lower left")
     if "ft" in panels:
         h = run.history
         ep = [r.get("epoch") for r in h]
@@ -644,6 +670,8 @@ def _run_section(run: RunRecord, cfg: ReportConfig, device: Any) -> str:
         f"<p class=meta>{_esc(run.run_dir)} &middot; test data {_esc(m.get('data'))} &middot; "
         f"deeplense_ssl {_esc(m.get('deeplense_ssl_version'))}</p>"
     )
+    for warning in m.get("warnings") or []:
+        parts.append(f"<p class=note>Warning: {_esc(warning)}</p>")
     parts.append(_auc_table(m))
     figs = [fig_roc(m), fig_confusion(m)]
     parts.append("<h3>ROC curves and confusion matrix</h3>")

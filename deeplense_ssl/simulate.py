@@ -254,10 +254,14 @@ def sample_subhalo_masses(
     slope: float = SUBHALO_MASS_SLOPE,
 ) -> np.ndarray:
     """Draw ``n`` masses (Msun) from dN/dm ~ m**slope on [m_min, m_max] by inverse transform."""
+    if not 0 < m_min < m_max:
+        raise ConfigError(f"need 0 < m_min < m_max, got {m_min}, {m_max}.")
     a = slope + 1.0
     u = rng.uniform(0.0, 1.0, size=n)
+    if abs(a) < 1e-12:  # slope -1: uniform in log m
+        return m_min * (m_max / m_min) ** u
     lo, hi = m_min**a, m_max**a
-    return (lo + (hi - lo) * u) ** (1.0 / a)
+    return np.clip((lo + (hi - lo) * u) ** (1.0 / a), m_min, m_max)
 
 
 @dataclass

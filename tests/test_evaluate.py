@@ -338,3 +338,31 @@ def test_model_file_from_another_backbone_is_a_clear_error(evaluated, tmp_path):
     torch.save({"format": "something else"}, bad / "model.pt")
     with pytest.raises(CheckpointError, match="not a deeplense_ssl finetune model"):
         evaluate(cfg, progress=False)
+
+
+def test_evaluating_on_the_training_file_or_duplicates_is_flagged(evaluated, tmp_path):
+    root, run, metrics = evaluated
+    assert metrics["warnings"] == []
+    cfg = config_from_sources(
+        EvaluateConfig,
+        None,
+        {
+            "checkpoint": str(run),
+            "data": str(root / "train.h5"),
+            "out": str(tmp_path / "m.json"),
+            "n_bootstrap": 0,
+        },
+    )
+    assert "is the file the model was fine-tuned on" in evaluate(cfg, progress=False)["warnings"][0]
+    from deeplense_ssl.io import write_hdf5
+
+    images = np.zeros((6, 1, 16, 16), np.float32)
+    dup = write_hdf5(
+        tmp_path / "dup.h5",
+        images,
+        np.array([0, 0, 1, 1, 2, 2]),
+        ["no_sub", "cdm", "axion"],
+        sources=["a", "a", "b", "c", "d", "d"],
+    )
+    cfg.data = str(dup)
+    assert evaluate(cfg, progress=False)["warnings"][0].startswith("2 test image(s) repeat")

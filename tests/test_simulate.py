@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import integrate, special, stats
 
 from deeplense_ssl import simulate as sim
@@ -168,6 +170,23 @@ def test_subhalo_draws_follow_the_stated_distributions():
     assert len(radius) == 25 and radius.min() >= 0.25 and radius.max() <= 2.0
     log_m = np.log10([sim.draw_scene("model_ii", 2, rng).axion_mass_ev for _ in range(200)])
     assert log_m.min() >= -24 and log_m.max() <= -22 and np.ptp(log_m) > 1.5
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    slope=st.floats(-2.5, 0.5),
+    log_lo=st.floats(3, 9),
+    decades=st.floats(0.1, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_subhalo_masses_stay_in_range_and_follow_the_slope(slope, log_lo, decades, seed):
+    lo, hi = 10**log_lo, 10 ** (log_lo + decades)
+    masses = sim.sample_subhalo_masses(np.random.default_rng(seed), 400, lo, hi, slope)
+    assert np.all((masses >= lo) & (masses <= hi))
+    # median of dN/dm ~ m^slope from the analytic CDF, compared on a log scale
+    a = slope + 1
+    median = lo * (hi / lo) ** 0.5 if abs(a) < 1e-12 else ((lo**a + hi**a) / 2) ** (1 / a)
+    assert abs(np.log10(np.median(masses)) - np.log10(median)) < 0.25 * decades + 1e-9
 
 
 def test_image_size_changes_field_of_view_not_pixel_scale():

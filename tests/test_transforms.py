@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 from deeplense_ssl import transforms as T
@@ -86,6 +88,21 @@ def test_dihedral_group_elements_are_the_eight_rotations_and_reflections() -> No
     torch.testing.assert_close(outs[3], torch.rot90(x, 2, dims=(-2, -1)), rtol=0, atol=0)
     torch.testing.assert_close(outs[5], torch.rot90(x, 3, dims=(-2, -1)), rtol=0, atol=0)
     torch.testing.assert_close(outs[1], x.flip(-1), rtol=0, atol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(a=st.integers(0, 7), b=st.integers(0, 7), size=st.integers(1, 6))
+def test_dihedral_is_a_group_action(a, b, size) -> None:
+    """Closure and inverses: composing two elements is an element; each has an inverse."""
+    x = torch.arange(float(2 * size * size)).view(1, 2, size, size)
+    twice = T.dihedral(T.dihedral(x, torch.tensor([a])), torch.tensor([b]))
+    assert any(torch.equal(twice, T.dihedral(x, torch.tensor([c]))) for c in range(8))
+    back = [
+        c
+        for c in range(8)
+        if torch.equal(T.dihedral(T.dihedral(x, torch.tensor([a])), torch.tensor([c])), x)
+    ]
+    assert back  # an inverse exists
 
 
 def test_random_dihedral_is_exact_permutation_and_covers_group() -> None:
