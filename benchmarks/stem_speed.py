@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -62,6 +63,17 @@ def _count_macs(model: nn.Module, x: torch.Tensor) -> int:
     for h in handles:
         h.remove()
     return total
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _time_steps(model: nn.Module, x: torch.Tensor, steps: int, sync) -> float:
@@ -108,7 +120,9 @@ def main() -> None:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "machine": platform.machine(),
-        "processor": platform.processor() or "unknown",
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "cpu_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }

@@ -24,7 +24,7 @@ Both do one untimed warm-up step first. Trials alternate (ours, lightly, ours, l
 that a shared machine's changing load hits both alike; the ratio of the medians is reported,
 plus each round's pair ratio.
 
-Memory: CPU -> peak RSS of the trial process (``ru_maxrss``: imports, data, model, optimiser,
+Memory: CPU -> peak RSS of the trial process (``VmHWM``: imports, data, model, optimiser,
 activations; lightly's DataLoader workers, if any, are not included); CUDA ->
 ``torch.cuda.max_memory_allocated`` during the timed epoch.
 
@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,54 +74,103 @@ def make_images(n: int, chans: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def _peak_memory_mib(device: torch.device) -> float:
+    """CUDA: max_memory_allocated. CPU: this process's peak RSS (``VmHWM``).
+
+    ``VmHWM`` is used rather than ``ru_maxrss`` because Linux carries ``ru_maxrss`` over
+    ``exec`` from the forking parent, which would charge the driver's memory to every trial.
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _ours_cfg(args: argparse.Namespace, out: str, channels_last: bool = True):
+    from deeplense_ssl.config import PretrainConfig
+
+    return PretrainConfig(
+        data="<benchmark>",
+        out=out,
+        method="simclr",
+        augment="cifar",
+        backbone=args.backbone,
+        stem=args.stem,
+        batch_size=args.batch,
+        epochs=1,
+        temperature=0.5,
+        proj_hidden_dim=512,
+        proj_out_dim=128,
+        lr=0.3 * args.batch / 256,
+        device=args.device,
+        checkpoint_every_steps=10**9,
+        channels_last=channels_last,
+        normalize="none",
+        seed=0,
+    )
 
 
 def run_ours(args: argparse.Namespace, channels_last: bool = True) -> dict:
     """One timed epoch of ``deeplense_ssl.train.pretrain`` (after a 1-step warm-up run)."""
     import dataclasses
 
-    from deeplense_ssl.config import PretrainConfig
     from deeplense_ssl.runtime import resolve_device
     from deeplense_ssl.train import pretrain
 
     device = resolve_device(args.device)
     images = make_images(args.n, args.chans, args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = PretrainConfig(
-            data="<benchmark>",
-            out=f"{tmp}/warm",
-            method="simclr",
-            augment="cifar",
-            backbone=args.backbone,
-            stem=args.stem,
-            batch_size=args.batch,
-            epochs=1,
-            max_steps=1,
-            temperature=0.5,
-            proj_hidden_dim=512,
-            proj_out_dim=128,
-            lr=0.3 * args.batch / 256,
-            device=args.device,
-            checkpoint_every_steps=10**9,
-            channels_last=channels_last,
-            normalize="none",
-            seed=0,
-        )
+        cfg = dataclasses.replace(_ours_cfg(args, f"{tmp}/warm", channels_last), max_steps=1)
         pretrain(cfg, progress=False, dataset=images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device, reset_peak=True)
         timed = dataclasses.replace(cfg, out=f"{tmp}/timed", max_steps=None)
         t0 = time.perf_counter()
         pretrain(timed, progress=False, dataset=images)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         seconds = time.perf_counter() - t0
     steps = args.n // args.batch
     return {"seconds": seconds, "images": steps * args.batch, "peak_mib": _peak_memory_mib(device)}
+
+
+def ours_stepper(args: argparse.Namespace, channels_last: bool = True) -> Callable[[], int]:
+    """One step of our loop body (index batch -> on-device views -> step), from train.py parts.
+
+    The same calls as ``train.pretrain``'s loop without its logging and checkpointing; used
+    to interleave single steps with lightly's in one process.
+    """
+    from torch import nn
+
+    from deeplense_ssl import train
+    from deeplense_ssl.backbones import build_backbone
+    from deeplense_ssl.runtime import resolve_device, seed_everything
+
+    cfg = _ours_cfg(args, "unused", channels_last)
+    device = resolve_device(args.device)
+    data = train._put_on_device(make_images(args.n, args.chans, args.size), device)
+    seed_everything(0)
+    backbone = build_backbone(args.backbone, in_chans=args.chans, stem=args.stem)
+    head, objective = train.build_method(cfg, backbone.feature_dim, args.chans, args.size, False)
+    model = nn.Sequential(backbone, head)
+    model.to(device=device, memory_format=torch.channels_last if channels_last else None)
+    opt = train.build_optimizer(cfg, model, cfg.lr)
+    amp = train._amp_dtype(cfg.amp, device)
+    per_epoch = args.n // args.batch
+    state = {"step": 0, "epoch": -1, "perm": None}
+
+    def step() -> int:
+        epoch, b = divmod(state["step"], per_epoch)
+        if epoch != state["epoch"]:
+            state["epoch"], state["perm"] = epoch, train.epoch_permutation(0, epoch, args.n)
+        x = train._fetch(data, state["perm"][b * args.batch : (b + 1) * args.batch], device)
+        train.training_step(model, x, objective, opt, amp_dtype=amp, channels_last=channels_last)
+        state["step"] += 1
+        return args.batch
+
+    return step
 
 
 class _PILViews(torch.utils.data.Dataset):
@@ -134,8 +184,8 @@ class _PILViews(torch.utils.data.Dataset):
         return self.transform(self.images[i]), 0
 
 
-def run_lightly(args: argparse.Namespace) -> dict:
-    """One timed epoch of lightly's SimCLR loop (after a 1-step warm-up)."""
+def lightly_stepper(args: argparse.Namespace) -> Callable[[], int]:
+    """One step of lightly's SimCLR loop: next DataLoader batch (PIL views) -> step."""
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
@@ -169,8 +219,14 @@ def run_lightly(args: argparse.Namespace) -> dict:
     criterion = NTXentLoss(temperature=0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.3 * args.batch / 256, momentum=0.9)
     amp = torch.bfloat16 if device.type == "cuda" else None
+    state = {"it": iter(loader)}
 
-    def step(views) -> None:
+    def step() -> int:
+        try:
+            views, _ = next(state["it"])
+        except StopIteration:
+            state["it"] = iter(loader)
+            views, _ = next(state["it"])
         x0, x1 = (
             v.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             for v in views
@@ -181,20 +237,55 @@ def run_lightly(args: argparse.Namespace) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return len(x0)
 
-    step(next(iter(loader))[0])  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
+    return step
+
+
+def run_lightly(args: argparse.Namespace) -> dict:
+    """One timed epoch of lightly's SimCLR loop (after a 1-step warm-up)."""
+    from deeplense_ssl.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    step = lightly_stepper(args)
+    step()  # warm-up
+    _sync(device, reset_peak=True)
     t0 = time.perf_counter()
-    n_images = 0
-    for views, _ in loader:
-        step(views)
-        n_images += len(views[0])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    n_images = sum(step() for _ in range(args.n // args.batch))
+    _sync(device)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "images": n_images, "peak_mib": _peak_memory_mib(device)}
+
+
+def _sync(device: torch.device, reset_peak: bool = False) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats(device)
+
+
+def interleaved_steps(args: argparse.Namespace, names: list[str]) -> dict[str, list[float]]:
+    """Seconds per image of single steps, alternating A B B A A B ... in this process."""
+    from deeplense_ssl.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    makers = {
+        "ours": lambda: ours_stepper(args),
+        "ours-nchw": lambda: ours_stepper(args, channels_last=False),
+        "lightly": lambda: lightly_stepper(args),
+    }
+    steppers = {name: makers[name]() for name in names}
+    for step in steppers.values():  # warm-up
+        step()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(args.steps):
+        for name in names if i % 2 == 0 else names[::-1]:
+            _sync(device)
+            t0 = time.perf_counter()
+            n = steppers[name]()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) / n)
+    return times
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--lightly-workers", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=3, help="ours/lightly pairs")
+    parser.add_argument(
+        "--steps", type=int, default=16, help="interleaved single steps per contender (phase 1)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="epoch trials per contender (phase 2)"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument(
         "--contenders",
@@ -282,51 +378,68 @@ def main(argv: list[str] | None = None) -> None:
         return
     names = args.contenders.split(",")
     base, other = names
-
     print(header(args))
-    load_before = _uptime()
-    print(f"# load before: {load_before}")
+    load = [_uptime()]
+    print(f"# load before: {load[0]}")
+    results: dict = {"args": vars(args), "header": header(args)}
+
+    # Phase 1: single steps interleaved in one process (robust to a shared machine's load).
+    if args.steps:
+        times = interleaved_steps(args, names)
+        med_s = {k: statistics.median(v) for k, v in times.items()}
+        ratio = med_s[other] / med_s[base]
+        print(
+            f"[steps] {args.steps} interleaved steps each: median images/s {base} "
+            f"{1 / med_s[base]:.1f}, {other} {1 / med_s[other]:.1f} -> ratio {ratio:.2f}x "
+            f"(quartiles of the per-pair ratio: {_quartiles(times[other], times[base])})",
+            flush=True,
+        )
+        results["steps"] = {"seconds_per_image": times, "ratio_images_per_s": ratio}
+
+    # Phase 2: whole epochs in fresh subprocesses A B A B (end to end, and peak memory).
     trials: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names:
             res = _trial(name, args)
             trials[name].append(res)
             print(
-                f"round {r + 1} {name:9s} {res['images_per_s']:8.1f} images/s  "
+                f"[epoch] round {r + 1} {name:9s} {res['images_per_s']:8.1f} images/s  "
                 f"{res['seconds']:7.2f} s  peak {res['peak_mib']:8.0f} MiB",
                 flush=True,
             )
-    load_after = _uptime()
-    print(f"# load after: {load_after}")
-    med = {k: statistics.median(t["images_per_s"] for t in v) for k, v in trials.items()}
-    mem = {k: statistics.median(t["peak_mib"] for t in v) for k, v in trials.items()}
-    pairs = [
-        o["images_per_s"] / li["images_per_s"]
-        for o, li in zip(trials[base], trials[other], strict=True)
-    ]
-    print(
-        f"images/s median: {base} {med[base]:.1f}, {other} {med[other]:.1f} -> ratio "
-        f"{med[base] / med[other]:.2f}x (per round: {', '.join(f'{p:.2f}' for p in pairs)})"
-    )
-    print(
-        f"peak memory median: {base} {mem[base]:.0f} MiB, {other} {mem[other]:.0f} MiB -> "
-        f"ratio {mem[base] / mem[other]:.2f}x "
-        f"({'peak RSS' if args.device == 'cpu' else 'cuda max_memory_allocated'})"
-    )
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "args": vars(args),
-                    "header": header(args),
-                    "load": [load_before, load_after],
-                    "trials": trials,
-                    "ratio_images_per_s": med[base] / med[other],
-                    "ratio_peak_memory": mem[base] / mem[other],
-                },
-                indent=2,
-            )
+    if args.rounds:
+        med = {k: statistics.median(t["images_per_s"] for t in v) for k, v in trials.items()}
+        mem = {k: statistics.median(t["peak_mib"] for t in v) for k, v in trials.items()}
+        pairs = [
+            o["images_per_s"] / li["images_per_s"]
+            for o, li in zip(trials[base], trials[other], strict=True)
+        ]
+        print(
+            f"[epoch] images/s median: {base} {med[base]:.1f}, {other} {med[other]:.1f} -> "
+            f"ratio {med[base] / med[other]:.2f}x (per round: "
+            f"{', '.join(f'{p:.2f}' for p in pairs)})"
         )
+        print(
+            f"[epoch] peak memory median: {base} {mem[base]:.0f} MiB, {other} "
+            f"{mem[other]:.0f} MiB -> ratio {mem[base] / mem[other]:.2f}x "
+            f"({'peak RSS' if args.device == 'cpu' else 'cuda max_memory_allocated'})"
+        )
+        results["epochs"] = {
+            "trials": trials,
+            "ratio_images_per_s": med[base] / med[other],
+            "ratio_peak_memory": mem[base] / mem[other],
+        }
+    load.append(_uptime())
+    print(f"# load after: {load[1]}")
+    results["load"] = load
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def _quartiles(slow: list[float], fast: list[float]) -> str:
+    ratios = sorted(a / b for a, b in zip(slow, fast, strict=True))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return f"{q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f}"
 
 
 if __name__ == "__main__":
