@@ -366,7 +366,7 @@ def source_kwargs(scene: Scene, model: str) -> list[dict[str, float]]:
     """lenstronomy ``SERSIC_ELLIPSE`` source keyword arguments (amplitude set per model)."""
     return [
         {
-            "amp": _source_amp(model),
+            "amp": source_amplitude(model),
             "R_sersic": SOURCE_R_SERSIC_ARCSEC,
             "n_sersic": SOURCE_N_SERSIC,
             "e1": SOURCE_E1,
@@ -378,8 +378,11 @@ def source_kwargs(scene: Scene, model: str) -> list[dict[str, float]]:
 
 
 @lru_cache(maxsize=8)
-def _source_amp(model: str) -> float:
-    """Sersic ``amp`` of a model: pinned for Model I, from the source magnitude otherwise."""
+def source_amplitude(model: str) -> float:
+    """lenstronomy Sersic ``amp`` of a model's source (flux per second per arcsec^2 at R_sersic).
+
+    Pinned for Model I; for Models II/III chosen so the unlensed source has the pinned magnitude.
+    """
     inst = _instrument(model)
     if inst.source_amp is not None:
         return float(inst.source_amp)
@@ -691,7 +694,7 @@ def provenance(cfg: SimulateConfig) -> dict[str, Any]:
         "derived": {
             "total_exposure_s": inst.total_exposure_s if inst.exposure_time_s else None,
             "background_sigma_cps": inst.background_sigma_cps if inst.read_noise_e else None,
-            "source_amp": _source_amp(cfg.model),
+            "source_amp": source_amplitude(cfg.model),
         },
         "physics": {
             "z_lens": Z_LENS,

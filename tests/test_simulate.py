@@ -98,11 +98,11 @@ def test_surface_brightness_and_flux_between_no_sub_and_cdm(renderer_ii):
     """
     inst = renderer_ii.instrument
     b_n = special.gammaincinv(2 * sim.SOURCE_N_SERSIC, 0.5)
-    peak = sim._source_amp("model_ii") * math.exp(b_n) * inst.pixel_scale_arcsec**2
+    peak = sim.source_amplitude("model_ii") * math.exp(b_n) * inst.pixel_scale_arcsec**2
     # cross-check the amplitude: the unlensed source's total flux is its magnitude (zero point);
     # n = 1 Sersic: L = 2 pi R^2 I_e e^b / b^2 (lenstronomy's ellipse keeps the area pi R^2)
     r = sim.SOURCE_R_SERSIC_ARCSEC
-    total = sim._source_amp("model_ii") * r**2 * 2 * math.pi * math.exp(b_n) / b_n**2
+    total = sim.source_amplitude("model_ii") * r**2 * 2 * math.pi * math.exp(b_n) / b_n**2
     assert total == pytest.approx(10 ** (-0.4 * (20.0 - inst.zero_point_mag)), rel=0.02)
 
     ring = renderer_ii.noiseless(centred_no_sub(sim.einstein_radius_arcsec(1e12)), False)
