@@ -157,6 +157,7 @@ def ours_stepper(args: argparse.Namespace, channels_last: bool = True) -> Callab
     model = nn.Sequential(backbone, head)
     model.to(device=device, memory_format=torch.channels_last if channels_last else None)
     opt = train.build_optimizer(cfg, model, cfg.lr)
+    net = train.ChunkedForward(model, objective.forward_chunks)  # as train.pretrain does
     amp = train._amp_dtype(cfg.amp, device)
     per_epoch = args.n // args.batch
     state = {"step": 0, "epoch": -1, "perm": None}
@@ -166,7 +167,7 @@ def ours_stepper(args: argparse.Namespace, channels_last: bool = True) -> Callab
         if epoch != state["epoch"]:
             state["epoch"], state["perm"] = epoch, train.epoch_permutation(0, epoch, args.n)
         x = train._fetch(data, state["perm"][b * args.batch : (b + 1) * args.batch], device)
-        train.training_step(model, x, objective, opt, amp_dtype=amp, channels_last=channels_last)
+        train.training_step(net, x, objective, opt, amp_dtype=amp, channels_last=channels_last)
         state["step"] += 1
         return args.batch
 

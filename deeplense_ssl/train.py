@@ -104,10 +104,38 @@ class Objective:
         make_inputs: ``(B, C, H, W)`` batch -> ``(inputs, aux)``; runs outside autocast (the
             augmentations stay float32).
         criterion: ``(outputs, aux)`` -> scalar float32 loss.
+        forward_chunks: the network sees ``inputs`` in this many equal chunks (one per view
+            for the contrastive methods, see :class:`ChunkedForward`).
     """
 
     make_inputs: Callable[[Tensor], tuple[Tensor, Any]]
     criterion: Callable[[Tensor, Any], Tensor]
+    forward_chunks: int = 1
+
+
+class ChunkedForward(nn.Module):
+    """Run ``net`` on ``chunks`` equal slices of the batch and concatenate the outputs.
+
+    The contrastive methods pass each view through the network separately, as lightly's and
+    most SimCLR implementations do (BatchNorm statistics are per view). On this CPU one pass
+    over all ``n_views * B`` images was measured ~1.4x slower than ``n_views`` passes over
+    ``B`` (ResNet-18, CIFAR stem, 32 px; larger activations fall out of cache). Wrapping (not
+    looping in the training step) keeps one forward call per step, as DDP requires.
+
+    Args:
+        net: the composed network (``backbone`` then head).
+        chunks: number of slices (the batch size must be divisible by it).
+    """
+
+    def __init__(self, net: nn.Module, chunks: int) -> None:
+        super().__init__()
+        self.net, self.chunks = net, int(chunks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(chunks * B, ...)`` -> ``cat([net(slice) for each slice])``."""
+        if self.chunks == 1:
+            return self.net(x)
+        return torch.cat([self.net(part) for part in x.chunk(self.chunks)])
 
 
 def contrastive_objective(transform: nn.Module, n_views: int, loss: nn.Module) -> Objective:
@@ -134,7 +162,7 @@ def contrastive_objective(transform: nn.Module, n_views: int, loss: nn.Module) -
     def criterion(z: Tensor, n: int) -> Tensor:
         return loss(*z.float().chunk(n))
 
-    return Objective(make_inputs, criterion)
+    return Objective(make_inputs, criterion, forward_chunks=n_views)
 
 
 def pretext_objective(
@@ -709,11 +737,11 @@ def _pretrain(
             (run_dir / BACKBONE_FILE).unlink(missing_ok=True)  # not final any more
     metrics = _MetricsLog(run_dir / METRICS_FILE, info.is_main, metrics_bytes)
 
-    net: nn.Module = model
+    net: nn.Module = ChunkedForward(model, objective.forward_chunks)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
 

@@ -2,8 +2,8 @@
 
 Every op takes a float batch ``(batch, channels, height, width)`` on any device, draws its random
 parameters *per sample* (vectorised: no Python loop over samples) and returns a batch of the same
-dtype and device. Values may be negative (lensing) and are never clamped unless asked for
-(``clamp`` of the ``cifar`` preset, as torchvision does for images in [0, 1]).
+dtype and device. Values may be negative (lensing) and are never clamped, except inside the colour
+jitter for 3-band images in [0, 1] (``colour_clamp``, as torchvision does; CIFAR recipe only).
 
 Randomness: each ``random_*`` op takes an optional :class:`torch.Generator`. A generator on
 another device than the data (typically the CPU generator of ``runtime.seed_everything`` with
@@ -633,7 +633,8 @@ class AugmentParams:
 PRESETS: dict[str, AugmentParams] = {
     # Lensing (DeepLense-like, 1 or 3 bands, min-max scaled to ~[0, 1], values may be negative):
     # * dihedral + any rotation: the lens population has no preferred orientation, so the
-    #   representation should be invariant to it (the only cost is bilinear smoothing);
+    #   representation should be invariant to it (the only cost is bilinear smoothing); the
+    #   corners uncovered by a rotation are filled with 0, the sky level after min-max scaling;
     # * mild crops, area 0.6-1 and aspect 0.9-1.1: the Einstein ring (radius ~12-17 px of 64)
     #   and its faint substructure must stay in the view; strong aspect changes would mimic
     #   lens ellipticity, a physical parameter;

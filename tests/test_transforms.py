@@ -146,6 +146,13 @@ def test_rotation_by_multiples_of_90_matches_rot90(angle, k) -> None:
     torch.testing.assert_close(
         T.affine_warp(x, theta), torch.rot90(x, k, dims=(-2, -1)), rtol=0, atol=1e-4
     )
+    # The public random op with a degenerate angle range takes the same path.
+    torch.testing.assert_close(
+        T.random_rotation(x, degrees=(angle, angle)),
+        torch.rot90(x, k, dims=(-2, -1)),
+        rtol=0,
+        atol=1e-4,
+    )
 
 
 def test_rotation_of_non_square_image_by_180_is_double_flip() -> None:
