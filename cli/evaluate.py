@@ -13,6 +13,7 @@ from .options import (
     explicit_params,
     image_size_option,
     nan_policy_option,
+    normalize_auto_option,
     seed_option,
 )
 
@@ -47,13 +48,7 @@ from .options import (
     default=None,
     help="Comma-separated test classes the model never saw, scored as out-of-distribution.",
 )
-@click.option(
-    "--normalize",
-    type=click.Choice(["auto", "none", "minmax", "zscore", "zscore-dataset", "asinh"]),
-    default="auto",
-    show_default=True,
-    help="Per-image scaling; auto: as the model was trained (recommended).",
-)
+@normalize_auto_option("as the model was trained (recommended).")
 @nan_policy_option
 @image_size_option
 @allow_pickle_option

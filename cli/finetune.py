@@ -13,6 +13,7 @@ from .options import (
     explicit_params,
     image_size_option,
     nan_policy_option,
+    normalize_auto_option,
     seed_option,
 )
 
@@ -99,13 +100,7 @@ from .options import (
     show_default=True,
     help="Stem of a baseline without --checkpoint.",
 )
-@click.option(
-    "--normalize",
-    type=click.Choice(["auto", "none", "minmax", "zscore", "zscore-dataset", "asinh"]),
-    default="auto",
-    show_default=True,
-    help="Per-image scaling; auto: as in the pretrain run (minmax without one).",
-)
+@normalize_auto_option("as in the pretrain run (minmax without one).")
 @nan_policy_option
 @image_size_option
 @allow_pickle_option

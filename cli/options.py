@@ -67,3 +67,14 @@ def explicit_params(
         for name, value in params.items()
         if name not in skip and ctx.get_parameter_source(name) in given
     }
+
+
+def normalize_auto_option(auto_help: str):
+    """``--normalize`` for commands that use a trained model: ``auto`` follows the model's runs."""
+    return click.option(
+        "--normalize",
+        type=click.Choice(["auto", "none", "minmax", "zscore", "zscore-dataset", "asinh"]),
+        default="auto",
+        show_default=True,
+        help=f"Per-image scaling; auto: {auto_help}",
+    )
