@@ -1,17 +1,17 @@
-"""Training speed vs lightly: one SimCLR epoch, ours against lightly's, side by side.
+"""Training speed vs lightly: SimCLR steps and epochs, ours against lightly's, side by side.
 
 Question: is our SimCLR epoch (data already in memory -> batched on-device augmentation ->
 forward/backward/step, plus our run-folder writes) at least as fast as lightly's standard
 SimCLR loop on the same backbone, batch, input and data (target >= 1.0x on CPU, >= 1.5x on a
 GPU), and how much memory does each take?
 
-The contenders (each trial is a fresh subprocess, so peak memory is per contender):
+The contenders:
 
-* ``ours``: ``deeplense_ssl.train.pretrain`` with ``method="simclr"``, ``augment="cifar"``
-  (crop 0.08-1, flip, colour jitter 0.4/0.4/0.4/0.1 p=0.8, grayscale p=0.2), NT-Xent tau 0.5,
-  projection 512-512-128, SGD, channels-last, bf16 autocast on CUDA. Timed: the whole
-  ``pretrain`` call for one epoch, *including* writing config.json, the epoch-end checkpoint,
-  backbone.pt and the loss-curve PNG.
+* ``ours``: ``method="simclr"``, ``augment="cifar"`` (crop 0.08-1, flip, colour jitter
+  0.4/0.4/0.4/0.1 p=0.8, grayscale p=0.2), NT-Xent tau 0.5, projection 512-512-128, SGD,
+  channels-last, bf16 autocast on CUDA; one network call per step that passes each view
+  separately (``train.ChunkedForward``).
+* ``ours-nchw``: the same without channels-last (to measure that choice).
 * ``lightly`` (the ``bench`` extra): ``lightly.transforms.SimCLRTransform(input_size,
   gaussian_blur=0)`` (the same CIFAR recipe, per-sample PIL ops) in a ``DataLoader``
   (``--lightly-workers``), ``SimCLRProjectionHead(512, 512, 128)``, ``lightly.loss.NTXentLoss``
@@ -20,22 +20,33 @@ The contenders (each trial is a fresh subprocess, so peak memory is per contende
   lightly. Two forward passes per step (``z0 = model(x0)``, ``z1 = model(x1)``) as in lightly's
   examples.
 
-Both do one untimed warm-up step first. Trials alternate (ours, lightly, ours, lightly, ...) so
-that a shared machine's changing load hits both alike; the ratio of the medians is reported,
-plus each round's pair ratio.
+Two phases, both alternating the contenders so that a shared machine's changing load hits both:
 
-Memory: CPU -> peak RSS of the trial process (``VmHWM``: imports, data, model, optimiser,
-activations; lightly's DataLoader workers, if any, are not included); CUDA ->
+1. ``[steps]``: ``--steps`` single steps of each loop, alternated A B B A ... in this process
+   (ours: the body of ``train.pretrain``'s loop built from the same functions). The median
+   seconds per image give the ratio; quartiles of the per-pair ratios show the spread.
+2. ``[epoch]``: ``--rounds`` whole epochs per contender, each in a fresh subprocess, A B A B.
+   Ours is the full ``train.pretrain`` call (so it also pays for building the model and writing
+   config.json, the checkpoint with fsync, backbone.pt and the loss-curve PNG); lightly is the
+   bare loop. Both do one untimed warm-up step first.
+
+Memory (phase 2): CPU -> peak RSS of the trial process (``VmHWM``: imports, data, model,
+optimiser, activations; lightly's DataLoader workers, if any, are not included); CUDA ->
 ``torch.cuda.max_memory_allocated`` during the timed epoch.
 
-Run (exact command used for benchmarks/README.md)::
+Run (exact commands used for benchmarks/README.md, on a shared 2-core CPU)::
 
-    .venv/bin/python benchmarks/train_speed.py --n 1024 --size 32 --batch 128 --rounds 3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 1024 --size 32 \
+        --batch 128 --stem imagenet --threads 1 --steps 16 --rounds 3
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 512 --size 32 \
+        --batch 64 --stem cifar --threads 1 --steps 8 --rounds 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 512 --size 32 \
+        --batch 64 --stem cifar --threads 1 --steps 8 --rounds 0 --contenders ours,ours-nchw
 
 GPU (not run here: no GPU in this workplace)::
 
-    python benchmarks/train_speed.py --device cuda --n 50000 --size 32 --batch 512 \\
-        --lightly-workers 8 --rounds 3
+    python benchmarks/train_speed.py --device cuda --n 50000 --size 32 --batch 512 \
+        --stem cifar --lightly-workers 8 --steps 50 --rounds 3
 """
 
 from __future__ import annotations

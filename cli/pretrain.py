@@ -7,6 +7,8 @@ per process and the learning rate scales with the global batch.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from deeplense_ssl.config import METHODS, NORMALIZATIONS, PretrainConfig, config_from_sources
@@ -151,4 +153,5 @@ def command(config_path: str | None, progress: bool, **params) -> None:
     ctx = click.get_current_context()
     cfg = config_from_sources(PretrainConfig, config_path, explicit_params(ctx, params))
     out = pretrain(cfg, progress=progress)
-    click.echo(f"Wrote pretrain run ({cfg.method}, {cfg.backbone}/{cfg.stem}) to {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        click.echo(f"Wrote pretrain run ({cfg.method}, {cfg.backbone}/{cfg.stem}) to {out}")

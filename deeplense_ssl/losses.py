@@ -164,7 +164,10 @@ def gather_with_grad(x: Tensor) -> Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    # Pass the group explicitly: all_gather's default argument is the WORLD group that existed
+    # when torch first imported it, which is stale once a process group is destroyed and
+    # re-created in the same process (tests, notebooks, several pretrain calls).
+    return torch.cat(all_gather(x.contiguous(), group=torch.distributed.group.WORLD), dim=0)
 
 
 class NTXentLoss(nn.Module):

@@ -20,6 +20,8 @@ Speed decisions (CPU first, GPU-ready):
 * the whole training set is one float32 tensor on the training device (pinned host memory if
   it does not fit on the GPU); batches are index slices, no per-sample ``Dataset``/``DataLoader``;
 * augmentation is batched on the device (``transforms.ViewAugmenter``), all views in one call;
+* the views go through the network one view at a time inside one call
+  (:class:`ChunkedForward`; measured 1.4x faster on CPU than one pass over all views);
 * channels-last memory format (measured faster on this CPU too: see ``benchmarks/README.md``),
   bf16 autocast on CUDA (``amp="auto"``), optional ``torch.compile``.
 

@@ -7,6 +7,7 @@ process. On multi-GPU runs the loop converts BatchNorm to ``SyncBatchNorm`` (sta
 the global batch); PyTorch implements SyncBatchNorm for accelerators only, not for gloo on CPU.
 """
 
+import os
 import socket
 
 import numpy as np
@@ -65,7 +66,7 @@ def _pretrain_cfg(out: str, **kw) -> PretrainConfig:
     return PretrainConfig(out=out, **{**base, **kw})
 
 
-def _worker(rank: int, port: int, tmp: str) -> None:
+def _worker(rank: int, port: int, port2: int, tmp: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
@@ -86,10 +87,13 @@ def _worker(rank: int, port: int, tmp: str) -> None:
             {"loss": loss, "mean_loss": mean_loss, "grads": grads, "params": model.state_dict()},
             f"{tmp}/step_rank{rank}.pt",
         )
-        # 2. the whole loop on 2 ranks (the group already exists, pretrain joins it)
-        train.pretrain(_pretrain_cfg(f"{tmp}/run"), progress=False, dataset=_images())
     finally:
         dist.destroy_process_group()
+    # 2. the whole loop on 2 ranks, joining the group from torchrun's environment variables
+    env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": WORLD, "MASTER_PORT": port2}
+    os.environ.update({k: str(v) for k, v in env.items()}, MASTER_ADDR="127.0.0.1")
+    train.pretrain(_pretrain_cfg(f"{tmp}/run"), progress=False, dataset=_images())
+    assert not dist.is_initialized()  # pretrain destroyed the group it created
 
 
 def _free_port() -> int:
@@ -109,7 +113,8 @@ def test_shard_batch_indices_concatenate_to_the_global_batch():
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ports = (_free_port(), _free_port())
+    mp.spawn(_worker, args=(*ports, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"step_rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     model = _tiny_model()
@@ -126,7 +131,8 @@ def test_ddp_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path)
         for key, value in model.state_dict().items():
             torch.testing.assert_close(r["params"][key], value, rtol=1e-5, atol=1e-7)
 
-    # the full loop: rank 0 wrote the run with the global batch and the scaled learning rate
+    # the full loop (env-var set-up as under torchrun): rank 0 wrote the run with the global
+    # batch and the learning rate scaled by it
     state = load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)
     resolved = state["resolved"]
     assert resolved["world_size"] == 2 and resolved["global_batch_size"] == 4

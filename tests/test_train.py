@@ -111,17 +111,39 @@ def test_fresh_run_writes_the_run_folder(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "method, n_views",
-    [("simclr", 3), ("contrastive-rotation", 2), ("contrastive-blur", 2), ("rotation", 2)],
+    "method, extra",
+    [
+        ("simclr", {"n_views": 3, "optimizer": "lars"}),
+        ("contrastive-rotation", {"optimizer": "adamw", "lr": 1e-3, "grad_clip": 1.0}),
+        ("contrastive-blur", {"amp": "bf16"}),
+        ("rotation", {"optimizer": "lars", "channels_last": False}),
+    ],
 )
-def test_every_method_trains_one_step(tmp_path, method, n_views):
-    cfg = _cfg(tmp_path / method, method=method, n_views=n_views, max_steps=1)
+def test_every_method_trains_and_resumes(tmp_path, method, extra):
+    cfg = _cfg(tmp_path / method, method=method, max_steps=1, **extra)
     run = train.pretrain(cfg, progress=False, dataset=_images(8))
-    state = load_checkpoint(run / CHECKPOINT_FILE)
+    state = load_checkpoint(run / CHECKPOINT_FILE)  # weights_only, whatever the optimiser
     assert state["step"] == 1
     head, _ = train.build_method(cfg, 512, 1, 16, False)
     assert state["head"].keys() == head.state_dict().keys()
     assert math.isfinite(train.read_metrics(run)[0]["loss"])
+    before = state["backbone"]["conv1.weight"]
+    resumed = _cfg(tmp_path / method, method=method, max_steps=2, resume=True, **extra)
+    train.pretrain(resumed, progress=False, dataset=_images(8))
+    after = load_checkpoint(run / CHECKPOINT_FILE)
+    assert after["step"] == 2 and not torch.equal(after["backbone"]["conv1.weight"], before)
+
+
+def test_chunked_forward_equals_one_pass_without_batchnorm():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(3 * 14 * 14, 5))
+    x = torch.randn(12, 1, 16, 16)
+    torch.testing.assert_close(train.ChunkedForward(net, 3)(x), net(x))
+    bn = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(256)).train()
+    y = torch.cat([torch.zeros(4, 1, 16, 16), torch.ones(4, 1, 16, 16)])
+    # with BatchNorm the statistics are per chunk (per view): each chunk is normalised alone
+    assert torch.allclose(train.ChunkedForward(bn, 2)(y), torch.zeros(8, 256))
+    assert not torch.allclose(bn(y), torch.zeros(8, 256))
 
 
 def test_blur_pretext_head_has_one_logit_per_level(tmp_path):
