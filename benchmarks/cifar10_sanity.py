@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import resource
 import sys
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 from torch import nn
 
 from deeplense_ssl import __version__
@@ -182,6 +182,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--skip-lightly", action="store_true")
     ap.add_argument("--out", default=None, help="write the results JSON here")
+    ap.add_argument("--work-dir", default="cifar10_runs", help="run folders (checkpoints) go here")
     args = ap.parse_args()
 
     setting = dict(SETTINGS[args.setting])
@@ -207,7 +208,7 @@ def main() -> None:
         **setting,
         "n_test": len(test_x),
         "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "torch": torch.__version__,
         "deeplense_ssl": __version__,
         "threads": torch.get_num_threads(),
@@ -228,7 +229,7 @@ def main() -> None:
         }
         print(f"{name:12s} kNN {knn:5.1f}%  linear {probe:5.1f}%  ({seconds:.0f} s)", flush=True)
 
-    gen_dir = Path(args.out or "cifar10_runs").with_suffix("")
+    gen_dir = Path(args.work_dir)
     t0 = time.perf_counter()
     cfg = PretrainConfig(
         data="cifar10", out=str(gen_dir / "ours"), method="simclr", backbone="resnet18",

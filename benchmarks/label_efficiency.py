@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 from deeplense_ssl import __version__
 from deeplense_ssl.config import (
@@ -99,7 +99,7 @@ def main() -> None:
         "methods": args.methods,
         "device": args.device,
         "cuda": torch.cuda.is_available(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "torch": torch.__version__,
         "deeplense_ssl": __version__,
     }

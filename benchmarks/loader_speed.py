@@ -39,6 +39,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from deeplense_ssl import __version__  # noqa: E402
@@ -49,14 +50,7 @@ TRAIN_STEP_IMAGES_PER_S = 50.0  # CPU training-step rate the loader must beat 10
 
 
 def header() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return (
         f"# {cpu}, {os.cpu_count()} logical cores visible, 1 thread used; Python "
         f"{platform.python_version()}, numpy {np.__version__}, h5py {h5py.__version__} "

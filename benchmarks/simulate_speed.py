@@ -23,7 +23,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -33,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 
 from deeplense_ssl import __version__
 from deeplense_ssl import simulate as sim
@@ -43,14 +43,7 @@ def machine_info() -> dict:
     import lenstronomy
     import scipy
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,

@@ -31,6 +31,7 @@ import time
 
 import torch
 import torchvision
+from machine import cpu_name
 from torch import nn
 
 from deeplense_ssl.backbones import STEMS, build_backbone
@@ -63,17 +64,6 @@ def _count_macs(model: nn.Module, x: torch.Tensor) -> int:
     for h in handles:
         h.remove()
     return total
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time_steps(model: nn.Module, x: torch.Tensor, steps: int, sync) -> float:
@@ -120,7 +110,7 @@ def main() -> None:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "cpu_threads": torch.get_num_threads(),

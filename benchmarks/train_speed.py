@@ -66,6 +66,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name
 
 HERE = Path(__file__).resolve()
 
@@ -317,14 +318,7 @@ def header(args: argparse.Namespace) -> str:
 
     import deeplense_ssl
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return "\n".join(
         [

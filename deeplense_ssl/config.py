@@ -124,7 +124,6 @@ class PretrainConfig(DataOptions):
     compile: bool = False
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
     checkpoint_every_steps: int = 200
     knn_monitor: bool = False
     knn_val_fraction: float = 0.1
