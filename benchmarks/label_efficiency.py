@@ -212,7 +212,7 @@ def markdown_table(rows: list[dict], fractions) -> str:
     for model in sorted({r["model"] for r in rows}):
         lines += [
             f"\n### {model}: macro ROC-AUC on the test set (95% bootstrap CI)\n",
-            "| method | " + " | ".join(f"{f:g} labels" for f in fractions) + " |",
+            "| method | " + " | ".join(f"{f * 100:g}% of labels" for f in fractions) + " |",
             "|---|" + "---|" * len(fractions),
         ]
         for method in dict.fromkeys(r["method"] for r in rows if r["model"] == model):
