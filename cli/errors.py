@@ -38,4 +38,10 @@ def run_with_clean_errors(group: click.Group, argv: list[str] | None) -> int:
     except FileNotFoundError as exc:
         click.echo(f"Error: {exc.filename or exc}: no such file or directory.", err=True)
         return 1
+    except OSError as exc:  # permission denied, disk full, ...: name the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(
+            f"Error: {where}{exc.strerror or exc}. Check the path and its permissions.", err=True
+        )
+        return 1
     return 0

@@ -47,3 +47,24 @@ def test_no_top_level_cli_module_is_installed():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert out.stdout.strip() == "True", out.stderr
     assert importlib.util.find_spec("deeplense_ssl_cli") is not None
+
+
+def test_os_errors_become_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """A permission error deep in the library is reported without a traceback."""
+    import click
+
+    locked = tmp_path / "locked.h5"
+
+    @click.command(name="boom")
+    def boom():
+        raise PermissionError(13, "Permission denied", str(locked))
+
+    monkeypatch.setitem(cli.commands, "boom", boom)
+    monkeypatch.setattr(type(cli), "get_command", lambda self, ctx, name: self.commands.get(name))
+    try:
+        main(["boom"])
+    except SystemExit as exc:
+        assert exc.code == 1
+    err = capsys.readouterr().err
+    assert str(locked) in err and "Permission denied" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
