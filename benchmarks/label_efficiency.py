@@ -81,12 +81,16 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=None)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--pretrain-epochs", type=int, default=None, help="override the setting's")
+    ap.add_argument("--no-baselines", action="store_true", help="skip random-init / supervised")
     ap.add_argument("--work-dir", default="label_efficiency_runs")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="label_efficiency.json")
     ap.add_argument("--markdown", default=None, help="also write the table as Markdown here")
     args = ap.parse_args()
     s = dict(SETTINGS[args.setting])
+    if args.pretrain_epochs is not None:
+        s["pretrain_epochs"] = args.pretrain_epochs
     models = args.models or list(s["models"])
     seeds = args.seeds if args.seeds is not None else list(s["seeds"])
     work = Path(args.work_dir)
@@ -183,7 +187,7 @@ def main() -> None:
                         )
                     run_eval(run, test_h5, model, method, frac, seed)
             pre0 = data / f"pre-{args.methods[0]}-s{seed}"
-            for frac in s["fractions"]:
+            for frac in [] if args.no_baselines else s["fractions"]:
                 for name, kw in [
                     ("random-init", dict(checkpoint=str(pre0), head="linear", init="random",
                                          epochs=s["probe_epochs"])),
