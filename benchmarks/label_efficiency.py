@@ -211,11 +211,15 @@ def main() -> None:
 
 
 def markdown_table(rows: list[dict], fractions) -> str:
-    """Mean macro AUC over seeds per (model, method) x label fraction, with the CI of seed 0."""
+    """Macro AUC per (model, method) x label fraction.
+
+    A cell with one run shows its 95% bootstrap interval over test images; a cell with several
+    seeds shows mean ± standard deviation over seeds (ddof=1) and the number of seeds.
+    """
     lines = []
     for model in sorted({r["model"] for r in rows}):
         lines += [
-            f"\n### {model}: macro ROC-AUC on the test set (95% bootstrap CI)\n",
+            f"\n### {model}: macro ROC-AUC on the test set\n",
             "| method | " + " | ".join(f"{f * 100:g}% of labels" for f in fractions) + " |",
             "|---|" + "---|" * len(fractions),
         ]
@@ -226,18 +230,17 @@ def markdown_table(rows: list[dict], fractions) -> str:
                     r for r in rows
                     if r["model"] == model and r["method"] == method and r["label_fraction"] == f
                 ]  # fmt: skip
+                aucs = [r["auc_macro"] for r in sel]
                 if not sel:
                     cells.append("-")
-                    continue
-                mean = np.mean([r["auc_macro"] for r in sel])
-                spread = f" ± {np.std([r['auc_macro'] for r in sel]):.3f}" if len(sel) > 1 else ""
-                ci = sel[0]
-                ci_txt = (
-                    f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]"
-                    if ci["ci_low"] is not None
-                    else ""
-                )
-                cells.append(f"{mean:.3f}{spread}{ci_txt}")
+                elif len(sel) > 1:
+                    cells.append(
+                        f"{np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f} ({len(sel)} seeds)"
+                    )
+                elif sel[0]["ci_low"] is not None:
+                    cells.append(f"{aucs[0]:.3f} [{sel[0]['ci_low']:.3f}, {sel[0]['ci_high']:.3f}]")
+                else:
+                    cells.append(f"{aucs[0]:.3f}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
