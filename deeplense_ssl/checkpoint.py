@@ -23,9 +23,7 @@ and the config are converted to tensors / plain types by :func:`capture_rng_stat
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError
+from .io import atomic_output
 
 CHECKPOINT_FORMAT = "deeplense_ssl.pretrain_checkpoint.v1"
 RUN_KIND = "pretrain"
@@ -51,11 +50,10 @@ LOSS_CURVE_FILE = "loss_curve.png"
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` with ``torch.save`` atomically: temp file + fsync + ``os.replace``.
+    """Write ``state`` with ``torch.save`` atomically (via :func:`deeplense_ssl.io.atomic_output`).
 
     A reader (or a resumed run after SIGKILL) sees either the previous complete file or the new
-    complete file, never a partial one. The directory entry is fsynced as well where the OS
-    allows it.
+    complete file, never a partial one (temp file + fsync + ``os.replace`` + folder fsync).
 
     Args:
         path: final file name (e.g. ``run/checkpoint.pt``); its folder is created if needed.
@@ -66,32 +64,9 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
         The final path.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, final)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
+    with atomic_output(final) as tmp:
+        torch.save(dict(state), tmp)
     return final
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def load_checkpoint(

@@ -71,7 +71,8 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
     On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched,
-    so a failure never leaves a partial output.
+    so a failure never leaves a partial output. The file and then its folder are fsynced, so after
+    a crash or power loss a reader sees the previous complete file or the new complete file.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,21 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename in ``folder`` (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def write_hdf5(
