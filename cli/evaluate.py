@@ -8,6 +8,7 @@ from deeplense_ssl.config import EvaluateConfig, config_from_sources
 
 from .options import (
     allow_pickle_option,
+    comma_list,
     config_option,
     device_option,
     explicit_params,
@@ -62,7 +63,7 @@ def command(config_path: str | None, **params) -> None:
     ctx = click.get_current_context()
     overrides = explicit_params(ctx, params)
     if overrides.get("ood_classes") is not None:
-        overrides["ood_classes"] = [c.strip() for c in overrides["ood_classes"].split(",") if c]
+        overrides["ood_classes"] = comma_list(overrides["ood_classes"])
     cfg = config_from_sources(EvaluateConfig, config_path, overrides)
     m = evaluate(cfg)
     auc = m["roc_auc"]

@@ -78,3 +78,8 @@ def normalize_auto_option(auto_help: str):
         show_default=True,
         help=f"Per-image scaling; auto: {auto_help}",
     )
+
+
+def comma_list(value: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: comma-separated option values, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -15,6 +15,7 @@ from deeplense_ssl.config import METHODS, NORMALIZATIONS, PretrainConfig, config
 
 from .options import (
     allow_pickle_option,
+    comma_list,
     config_option,
     device_option,
     explicit_params,
@@ -30,7 +31,7 @@ def _float_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     if value is None:
         return None
     try:
-        return [float(v) for v in value.split(",") if v.strip()]
+        return [float(v) for v in comma_list(value)]
     except ValueError as exc:
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}.") from exc
 

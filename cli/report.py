@@ -6,7 +6,7 @@ import click
 
 from deeplense_ssl.config import ReportConfig, config_from_sources
 
-from .options import config_option, device_option, explicit_params, seed_option
+from .options import comma_list, config_option, device_option, explicit_params, seed_option
 
 
 @click.command("report")
@@ -43,9 +43,7 @@ def command(config_path: str | None, **params) -> None:
     if "runs" in overrides:
         overrides["runs"] = list(overrides["runs"])
     if overrides.get("attribution_methods") is not None:
-        overrides["attribution_methods"] = [
-            m.strip() for m in overrides["attribution_methods"].split(",") if m.strip()
-        ]
+        overrides["attribution_methods"] = comma_list(overrides["attribution_methods"])
     cfg = config_from_sources(ReportConfig, config_path, overrides)
     path = build_report(cfg)
     click.echo(f"Wrote {path}")

@@ -68,3 +68,10 @@ def test_os_errors_become_one_line_naming_the_file(tmp_path, capsys, monkeypatch
     err = capsys.readouterr().err
     assert str(locked) in err and "Permission denied" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_comma_list_strips_and_drops_blanks():
+    from deeplense_ssl_cli.options import comma_list
+
+    assert comma_list(" cdm, axion ,, ") == ["cdm", "axion"]
+    assert comma_list("") == []
