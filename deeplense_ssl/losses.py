@@ -147,12 +147,37 @@ def _is_distributed() -> bool:
     )
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward gives each rank the summed gradient of its own slice.
+
+    Every rank computes a loss from the gathered tensor, so the gradient of the total loss
+    (the sum over ranks) with respect to rank ``r``'s input is the sum, over ranks, of their
+    gradients for slice ``r``: an all-reduce of the stacked gradients, then rank ``r``'s row.
+    Written here because ``torch.distributed.nn.functional.all_gather`` is deprecated.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        group = torch.distributed.group.WORLD
+        out = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size(group))]
+        torch.distributed.all_gather(out, x, group=group)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> Tensor:  # type: ignore[override]
+        group = torch.distributed.group.WORLD
+        stacked = torch.stack([g.contiguous() for g in grads])
+        torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.SUM, group=group)
+        return stacked[torch.distributed.get_rank(group)]
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """All-gather ``x`` from every rank, concatenated rank-major, keeping the autograd graph.
 
-    Uses :func:`torch.distributed.nn.functional.all_gather`, whose backward sums the incoming
-    gradients across ranks and returns each rank its slice, so gradients reach the embeddings
-    on every rank.
+    The backward sums the incoming gradients across ranks and returns each rank its slice, so
+    gradients reach the embeddings on every rank. The WORLD group is looked up at call time,
+    so this stays correct when a process group is destroyed and re-created in the same process
+    (tests, notebooks, several pretrain calls).
 
     Args:
         x: ``(batch, ...)`` tensor, the same shape on every rank.
@@ -162,12 +187,7 @@ def gather_with_grad(x: Tensor) -> Tensor:
     """
     if not _is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    # Pass the group explicitly: all_gather's default argument is the WORLD group that existed
-    # when torch first imported it, which is stale once a process group is destroyed and
-    # re-created in the same process (tests, notebooks, several pretrain calls).
-    return torch.cat(all_gather(x.contiguous(), group=torch.distributed.group.WORLD), dim=0)
+    return torch.cat(_AllGatherWithGrad.apply(x.contiguous()), dim=0)
 
 
 class NTXentLoss(nn.Module):
