@@ -9,19 +9,11 @@ import click
 import h5py
 import numpy as np
 import pytest
+from helpers_cards import assert_card_layout
 
 from deeplense_ssl_cli.errors import run_with_clean_errors
 from deeplense_ssl_cli.main import cli
 from deeplense_ssl_cli.options import explicit_params
-
-CARD_SECTIONS = [
-    "## Dataset description",
-    "## Dataset structure",
-    "## Creation / simulation parameters",
-    "## Known problems",
-    "## Intended use",
-    "## Citation",
-]
 
 
 def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
@@ -170,9 +162,8 @@ def test_inspect_and_card(capsys, tmp_path: Path, axion_folder: Path):
     code, out, err = run(capsys, "inspect", axion_folder, "--allow-pickle", "--card", card)
     assert code == 0, err
     text = card.read_text()
-    assert text.startswith("---\n") and "pretty_name: model_ii" in text
-    positions = [text.index(s) for s in CARD_SECTIONS]
-    assert positions == sorted(positions)
+    assert_card_layout(text, str(card))
+    assert "pretty_name: model_ii" in text
     assert "| cdm | 2 |" in text
 
 

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers_cards import assert_card_layout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
@@ -24,15 +25,6 @@ from deeplense_ssl.datasets import (
 )
 from deeplense_ssl.errors import ConfigError, DataError
 from deeplense_ssl.io import read_hdf5
-
-CARD_SECTIONS = [
-    "## Dataset description",
-    "## Dataset structure",
-    "## Creation / simulation parameters",
-    "## Known problems",
-    "## Intended use",
-    "## Citation",
-]
 
 
 def _mixed_folder(root: Path) -> dict[str, np.ndarray]:
@@ -254,10 +246,7 @@ def test_summarize_counts_raw_problems(tmp_path: Path):
     assert s["value_max"] == 99.0
     card = render_data_card(s)
     assert card.startswith("---\npretty_name: d\n")
-    positions = [card.index(sec) for sec in CARD_SECTIONS]
-    assert positions == sorted(positions)
-    for key in ("license:", "task_categories:", "tags:", "size_categories:", "source_datasets:"):
-        assert key in card.split("---")[1]
+    assert_card_layout(card)
     assert "3 NaN" in card and "1 inf" in card
 
 
