@@ -291,6 +291,8 @@ def fig_training(run: RunRecord) -> str | None:
     """Pretraining loss against the step and the fine-tuning history against the epoch."""
     from matplotlib.ticker import MaxNLocator
 
+    from .train import draw_loss_curve
+
     plt = _plt()
     panels = []
     pre = [r for r in run.pretrain_history if _num(r.get("loss")) is not None]
@@ -309,39 +311,8 @@ def fig_training(run: RunRecord) -> str | None:
         ax = axes[k]
         k += 1
         method = ((run.run_config or {}).get("pretrain") or {}).get("method") or "SSL"
-        steps = [r for r in pre if r.get("kind", "step") == "step" and "step" in r]
-        epochs = [r for r in pre if r.get("kind") == "epoch" and "step" in r]
-        if steps:
-            ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="step")
-            ax.plot(
-                [r["step"] for r in epochs],
-                [r["loss"] for r in epochs],
-                "o",
-                ms=3,
-                label="epoch end",
-            )
-            ax.set(xlabel="optimiser step")
-        else:
-            ax.plot(range(len(pre)), [r["loss"] for r in pre], lw=1)
-            ax.set(xlabel="log entry")
-        ax.set(
-            ylabel="loss",
-            title=f"pretraining loss ({method})",
-        )
-        knn = [r for r in epochs if _num(r.get("knn_top1")) is not None]
-        if knn:
-            ax2 = ax.twinx()
-            ax2.plot(
-                [r["step"] for r in knn],
-                [r["knn_top1"] for r in knn],
-                "s--",
-                c="C2",
-                ms=3,
-                label="kNN top-1 (monitor)",
-            )
-            ax2.set_ylabel("kNN top-1")
-            ax2.legend(fontsize=7, loc="upper right")
-        ax.legend(fontsize=7, loc="lower left")
+        draw_loss_curve(ax, pre)
+        ax.set_title(f"pretraining loss ({method})")
     if "ft" in panels:
         h = run.history
         ep = [r.get("epoch") for r in h]

@@ -508,36 +508,51 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def draw_loss_curve(ax: Any, records: list[dict[str, Any]]) -> None:
+    """Draw pretraining ``metrics.jsonl`` records onto matplotlib axes ``ax``.
+
+    Loss per step and the epoch means against the optimiser step, and the kNN monitor (when
+    present) on a twin axis. Records without a finite loss are skipped; logs without step
+    numbers are drawn against their position. Shared by :func:`plot_loss_curve` and the report.
+    """
+    rows = [
+        r for r in records if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])
+    ]
+    steps = [r for r in rows if r.get("kind", "step") == "step" and "step" in r]
+    epochs = [r for r in rows if r.get("kind") == "epoch" and "step" in r]
+    if steps or epochs:
+        if steps:
+            ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, label="step")
+        if epochs:
+            ax.plot(
+                [r["step"] for r in epochs],
+                [r["loss"] for r in epochs],
+                "o-",
+                ms=3,
+                label="epoch mean",
+            )
+        ax.set_xlabel("optimiser step")
+    elif rows:
+        ax.plot(range(len(rows)), [r["loss"] for r in rows], lw=1)
+        ax.set_xlabel("log entry")
+    ax.set_ylabel("training loss")
+    knn = [r for r in epochs if isinstance(r.get("knn_top1"), (int, float))]
+    if knn:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in knn], [r["knn_top1"] for r in knn], "s--", c="C2", ms=3)
+        ax2.set_ylabel("kNN top-1 (val)", color="C2")
+    if steps or epochs:
+        ax.legend(loc="upper right", fontsize=7)
+
+
 def plot_loss_curve(run_dir: str | Path) -> Path:
     """Draw ``loss_curve.png`` (loss per step, epoch means, kNN accuracy) from ``metrics.jsonl``."""
     from matplotlib.figure import Figure
 
     from .io import atomic_output
 
-    records = read_metrics(run_dir)
-    steps = [r for r in records if r.get("kind") == "step"]
-    epochs = [r for r in records if r.get("kind") == "epoch"]
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
-    ax = fig.add_subplot()
-    if steps:
-        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, label="loss")
-    if epochs:
-        ax.plot(
-            [r["step"] for r in epochs],
-            [r["loss"] for r in epochs],
-            "o-",
-            ms=3,
-            label="epoch mean",
-        )
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("training loss")
-    knn = [r for r in epochs if r.get("knn_top1") is not None]
-    if knn:
-        ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in knn], [r["knn_top1"] for r in knn], "s--", c="C2", ms=3)
-        ax2.set_ylabel("kNN top-1 (val)", color="C2")
-    if steps or epochs:
-        ax.legend(loc="upper right")
+    draw_loss_curve(fig.add_subplot(), read_metrics(run_dir))
     fig.tight_layout()
     out = Path(run_dir) / LOSS_CURVE_FILE
     with atomic_output(out) as tmp:

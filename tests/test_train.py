@@ -334,3 +334,35 @@ def test_optimizers_exclude_biases_and_norms_from_weight_decay():
         opt = train.build_optimizer(cfg, model, lr=0.1)
         decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
         assert decayed == {id(model[0].weight), id(model[2].weight)}, name
+
+
+def test_draw_loss_curve_plots_the_logged_values() -> None:
+    from matplotlib.figure import Figure
+
+    from deeplense_ssl.train import draw_loss_curve
+
+    records = [
+        {"kind": "step", "step": 1, "loss": 2.0},
+        {"kind": "step", "step": 2, "loss": float("nan")},  # skipped, not drawn as a gap
+        {"kind": "step", "step": 3, "loss": 1.5},
+        {"kind": "epoch", "step": 3, "loss": 1.75, "knn_top1": 0.4},
+        {"kind": "epoch", "step": 6, "loss": 1.25, "knn_top1": None},
+    ]
+    fig = Figure()
+    ax = fig.add_subplot()
+    draw_loss_curve(ax, records)
+    (step_line, epoch_line) = ax.get_lines()
+    assert list(step_line.get_xdata()) == [1, 3] and list(step_line.get_ydata()) == [2.0, 1.5]
+    assert list(epoch_line.get_xdata()) == [3, 6]
+    assert list(epoch_line.get_ydata()) == [1.75, 1.25]
+    twins = [a for a in fig.axes if a is not ax]
+    assert len(twins) == 1
+    (knn_line,) = twins[0].get_lines()
+    assert list(knn_line.get_xdata()) == [3] and list(knn_line.get_ydata()) == [0.4]
+
+    # Old logs without step numbers: drawn against their position.
+    fig2 = Figure()
+    ax2 = fig2.add_subplot()
+    draw_loss_curve(ax2, [{"loss": 3.0}, {"loss": 2.0}])
+    (line,) = ax2.get_lines()
+    assert list(line.get_xdata()) == [0, 1] and ax2.get_xlabel() == "log entry"
