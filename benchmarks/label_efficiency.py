@@ -18,6 +18,8 @@ Usage::
         --out benchmarks/results/label_eff_cpu.json --markdown benchmarks/results/label_eff_cpu.md
     # GPU budget
     python benchmarks/label_efficiency.py --setting gpu --out label_eff_gpu.json
+    # one table per model from several result files (extra seeds, longer pretraining budgets)
+    python benchmarks/label_efficiency.py --tables benchmarks/results/label_eff_cpu*.json
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from deeplense_ssl.config import (
 )
 from deeplense_ssl.evaluate import evaluate
 from deeplense_ssl.finetune import finetune
+from deeplense_ssl.io import atomic_output
 from deeplense_ssl.simulate import simulate_dataset
 from deeplense_ssl.train import pretrain
 
@@ -87,7 +90,22 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="label_efficiency.json")
     ap.add_argument("--markdown", default=None, help="also write the table as Markdown here")
+    ap.add_argument(
+        "--tables",
+        nargs="+",
+        metavar="JSON",
+        help="run nothing: merge these result files (seeds, budgets) into one table per model",
+    )
     args = ap.parse_args()
+    if args.tables:
+        rows = merge_results(args.tables, SETTINGS[args.setting]["pretrain_epochs"])
+        table = markdown_table(rows, SETTINGS[args.setting]["fractions"])
+        print(table)
+        if args.markdown:
+            write_atomic(
+                Path(args.markdown), "Merged from: " + ", ".join(args.tables) + "\n" + table
+            )
+        return
     s = dict(SETTINGS[args.setting])
     if args.pretrain_epochs is not None:
         s["pretrain_epochs"] = args.pretrain_epochs
@@ -133,8 +151,7 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+        write_atomic(Path(args.out), json.dumps({"header": header, "rows": rows}, indent=1))
 
     for model in models:
         size = s["image_size"][model]
@@ -204,10 +221,48 @@ def main() -> None:
     table = markdown_table(rows, s["fractions"])
     print(table)
     if args.markdown:
-        Path(args.markdown).write_text(
+        write_atomic(
+            Path(args.markdown),
             f"Command: `{header['command']}`\n\n```json\n{json.dumps(header, indent=1)}\n```\n\n"
-            + table
+            + table,
         )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that ``path`` is either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+BASELINES = ("random-init", "supervised")
+
+
+def merge_results(paths: list[str], default_epochs: int) -> list[dict]:
+    """Rows of several result files, ready for :func:`markdown_table`.
+
+    An SSL method pretrained for other than ``default_epochs`` becomes its own row
+    (``"contrastive-blur, 20 epochs"``); the baselines do not depend on the pretraining budget.
+    A run found in two files (same model, method, budget, fraction and seed) is counted once:
+    the later file wins. Rows are ordered: SSL methods, longer budgets, then the baselines.
+    """
+    merged: dict[tuple, dict] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        epochs = data["header"]["pretrain_epochs"]
+        for row in data["rows"]:
+            row = dict(row)
+            budget = epochs if row["method"] in METHODS else None
+            if budget is not None and budget != default_epochs:
+                row["method"] = f"{row['method']}, {budget} epochs"
+            row["_order"] = (
+                row["method"] in [*BASELINES],
+                (METHODS + BASELINES).index(row["method"].split(",")[0]),
+                budget or 0,
+            )
+            key = (row["model"], row["method"], row["label_fraction"], row["seed"])
+            merged[key] = row
+    return sorted(merged.values(), key=lambda r: r["_order"])
 
 
 def markdown_table(rows: list[dict], fractions) -> str:
