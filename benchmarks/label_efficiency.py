@@ -100,6 +100,7 @@ def main() -> None:
     if args.tables:
         rows = merge_results(args.tables, SETTINGS[args.setting]["pretrain_epochs"])
         table = markdown_table(rows, SETTINGS[args.setting]["fractions"])
+        table += labels_saved_table(rows, SETTINGS[args.setting]["fractions"])
         print(table)
         if args.markdown:
             write_atomic(
@@ -236,6 +237,73 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 BASELINES = ("random-init", "supervised")
+
+
+def equivalent_fraction(auc: float, fractions, baseline_aucs) -> float | None:
+    """The label fraction at which the baseline would reach ``auc``.
+
+    Linear interpolation of the baseline's mean AUC in log10(fraction) between the measured
+    fractions (the curve is made monotone first with a running maximum). ``None`` when ``auc``
+    is above what the baseline reaches with all its labels; 0.0 when the baseline reaches it
+    already with the smallest fraction (so nothing can be said below that).
+    """
+    logf = np.log10(np.asarray(fractions, dtype=float))
+    curve = np.maximum.accumulate(np.asarray(baseline_aucs, dtype=float))
+    if auc > curve[-1]:
+        return None
+    if auc <= curve[0]:
+        return 0.0
+    j = int(np.searchsorted(curve, auc))  # curve[j - 1] < auc <= curve[j]
+    t = (auc - curve[j - 1]) / (curve[j] - curve[j - 1])
+    return float(10 ** (logf[j - 1] + t * (logf[j] - logf[j - 1])))
+
+
+def labels_saved_table(rows: list[dict], fractions) -> str:
+    """How many labels each baseline would need to match each SSL row (mean AUC over seeds).
+
+    A cell ``10% -> 28% (2.8x)`` says: the method's AUC with 10% of the labels is what the
+    baseline reaches with about 28% of them, by interpolation between the three measured
+    fractions, so a crude reading. ``> 100%``: the baseline never gets there; ``<= 1%``: the
+    baseline gets there with the fewest labels measured (the method saves nothing measurable).
+    """
+
+    def mean_auc(model, method, f):
+        sel = [
+            r["auc_macro"]
+            for r in rows
+            if r["model"] == model and r["method"] == method and r["label_fraction"] == f
+        ]
+        return float(np.mean(sel)) if sel else None
+
+    lines = []
+    for model in sorted({r["model"] for r in rows}):
+        for base in BASELINES:
+            base_aucs = [mean_auc(model, base, f) for f in fractions]
+            if None in base_aucs:
+                continue
+            lines += [
+                f"\n### {model}: labels {base} needs to match each method "
+                "(mean AUC, log-linear interpolation)\n",
+                "| method | " + " | ".join(f"{f * 100:g}% of labels" for f in fractions) + " |",
+                "|---|" + "---|" * len(fractions),
+            ]
+            methods = dict.fromkeys(r["method"] for r in rows if r["model"] == model)
+            for method in [m for m in methods if m not in BASELINES]:
+                cells = []
+                for f in fractions:
+                    auc = mean_auc(model, method, f)
+                    if auc is None:
+                        cells.append("-")
+                        continue
+                    eq = equivalent_fraction(auc, fractions, base_aucs)
+                    if eq is None:
+                        cells.append("> 100%")
+                    elif eq == 0.0:
+                        cells.append(f"<= {fractions[0] * 100:g}%")
+                    else:
+                        cells.append(f"{eq * 100:.2g}% ({eq / f:.2g}x)")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def merge_results(paths: list[str], default_epochs: int) -> list[dict]:
