@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from deeplense_ssl.config import METHODS
+
 from .options import device_option, seed_option
 
 
@@ -15,15 +17,26 @@ from .options import device_option, seed_option
     show_default=True,
     help="Folder for the data, the run folders and report.html.",
 )
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="simclr",
+    show_default=True,
+    help="Pretext task to pretrain (contrastive-blur was the strongest in benchmarks/RESULTS.md).",
+)
 @click.option("--quick", is_flag=True, help="Tiny smoke-test sizes (seconds; numbers meaningless).")
 @device_option
 @seed_option
-def command(out: str, quick: bool, device: str, seed: int) -> None:
-    """Simulate, pretrain (SimCLR), fine-tune a linear probe and the baselines, evaluate, report.
+def command(out: str, method: str, quick: bool, device: str, seed: int) -> None:
+    """Simulate, pretrain (SimCLR by default), fine-tune a linear probe and the baselines,
+    evaluate, report.
 
     Re-running continues where a previous run stopped (finished stages are skipped).
     """
-    from deeplense_ssl.demo import run_demo
+    import dataclasses
 
-    report = run_demo(out, device=device, seed=seed, quick=quick)
+    from deeplense_ssl.demo import plan_for, run_demo
+
+    plan = dataclasses.replace(plan_for(device, quick), method=method)
+    report = run_demo(out, device=device, seed=seed, plan=plan)
     click.echo(f"Report: {report.resolve()}")

@@ -33,6 +33,7 @@ class DemoPlan:
     """Sizes and budgets of the demo (CPU defaults; :func:`plan_for` scales them on a GPU)."""
 
     model: str = "model_ii"
+    method: str = "simclr"
     n_train_per_class: int = 400
     n_test_per_class: int = 200
     pretrain_epochs: int = 8
@@ -121,16 +122,17 @@ def run_demo(
             SimulateConfig(out=str(path), model=plan.model, n_per_class=n, seed=s, workers=workers)
         )
 
-    pre_dir = runs_dir / "pretrain-simclr"
+    pre_dir = runs_dir / f"pretrain-{plan.method}"
     if (pre_dir / "backbone.pt").exists():
         stage(f"{pre_dir} finished earlier, skipping pretraining")
     else:
-        stage(f"pretraining SimCLR ({plan.backbone}, {plan.pretrain_epochs} epochs) -> {pre_dir}")
+        budget = f"{plan.backbone}, {plan.pretrain_epochs} epochs"
+        stage(f"pretraining {plan.method} ({budget}) -> {pre_dir}")
         pretrain(
             PretrainConfig(
                 data=str(train_h5),
                 out=str(pre_dir),
-                method="simclr",
+                method=plan.method,
                 backbone=plan.backbone,
                 stem=plan.stem,
                 epochs=plan.pretrain_epochs,
@@ -149,7 +151,10 @@ def run_demo(
     for frac in plan.label_fractions:
         tag = f"f{frac:g}"
         variants += [
-            (f"ssl-linear-{tag}", dict(checkpoint=str(pre_dir), head="linear", init="pretrained")),
+            (
+                f"{plan.method}-linear-{tag}",
+                dict(checkpoint=str(pre_dir), head="linear", init="pretrained"),
+            ),
             (f"random-linear-{tag}", dict(checkpoint=str(pre_dir), head="linear", init="random")),
             (f"scratch-full-{tag}", dict(head="full", init="scratch", epochs=plan.scratch_epochs)),
         ]

@@ -75,3 +75,26 @@ def test_comma_list_strips_and_drops_blanks():
 
     assert comma_list(" cdm, axion ,, ") == ["cdm", "axion"]
     assert comma_list("") == []
+
+
+def test_demo_passes_method_and_sizes_to_run_demo(monkeypatch, tmp_path):
+    import deeplense_ssl.demo as demo
+
+    seen = {}
+
+    def fake_run_demo(out, *, device, seed, plan):
+        seen.update(out=out, device=device, seed=seed, plan=plan)
+        return tmp_path / "report.html"
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    args = ["demo", "--out", str(tmp_path), "--method", "contrastive-blur", "--quick"]
+    result = CliRunner().invoke(cli, [*args, "--device", "cpu", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen["plan"].method == "contrastive-blur"
+    assert seen["plan"] == demo.DemoPlan(**{**vars(demo.plan_for("cpu", quick=True)),
+                                            "method": "contrastive-blur"})  # fmt: skip
+    assert (seen["device"], seen["seed"]) == ("cpu", 3)
+    assert "report.html" in result.output
+
+    result = CliRunner().invoke(cli, ["demo", "--method", "simclr-ish"])
+    assert result.exit_code == 2 and "simclr-ish" in result.output

@@ -65,7 +65,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     logs: list[str] = []
     report = run_demo(tmp_path, device="cpu", plan=plan, progress=False, log=logs.append)
     assert report.exists()
-    for name in ["ssl-linear-f1", "random-linear-f1", "scratch-full-f1"]:
+    for name in ["simclr-linear-f1", "random-linear-f1", "scratch-full-f1"]:
         assert (tmp_path / "runs" / name / "metrics.json").exists(), name
     stamp = (tmp_path / "runs" / "pretrain-simclr" / "backbone.pt").stat().st_mtime_ns
     logs.clear()
