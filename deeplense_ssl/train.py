@@ -461,9 +461,17 @@ def _put_on_device(images: np.ndarray, device: torch.device) -> Tensor:
 
 
 def _fetch(data: Tensor, idx: Tensor, device: torch.device) -> Tensor:
-    if data.device == device:
-        return data.index_select(0, idx.to(device))
-    return data.index_select(0, idx).pin_memory().to(device, non_blocking=True)
+    """Rows ``idx`` of the training set, on ``device``.
+
+    Decided by device *type*, not equality: ``torch.device("cuda") != torch.device("cuda:0")``,
+    so a set already on the GPU must not be mistaken for a host copy.
+    """
+    if data.device.type == "cpu" and device.type != "cpu":
+        rows = data.index_select(0, idx.cpu())
+        if device.type == "cuda":
+            return rows.pin_memory().to(device, non_blocking=True)
+        return rows.to(device)
+    return data.index_select(0, idx.to(data.device))
 
 
 # --------------------------------------------------------------------------------------------

@@ -366,3 +366,19 @@ def test_draw_loss_curve_plots_the_logged_values() -> None:
     draw_loss_curve(ax2, [{"loss": 3.0}, {"loss": 2.0}])
     (line,) = ax2.get_lines()
     assert list(line.get_xdata()) == [0, 1] and ax2.get_xlabel() == "log entry"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_pretrain_on_cuda_with_the_set_on_the_gpu(tmp_path, device):
+    """The single-GPU path: the training set lives on the GPU (bf16 autocast, kNN monitor)."""
+    data = tmp_path / "d.h5"
+    ds = _imageset()
+    write_hdf5(data, ds.images, ds.labels, ds.class_names)
+    cfg = _cfg(tmp_path / "run", data=str(data), device=device, knn_monitor=True,
+               knn_val_fraction=0.34)  # fmt: skip
+    run = train.pretrain(cfg, progress=False)
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["resolved"]["amp"] == "bfloat16"
+    steps = [r for r in train.read_metrics(run) if r["kind"] == "step"]
+    assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
