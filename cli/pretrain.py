@@ -120,7 +120,7 @@ def _float_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     type=click.Choice(["auto", "bf16", "fp16", "off"]),
     default=_D.amp,
     show_default=True,
-    help="Mixed precision; auto: bf16 on CUDA, off on CPU.",
+    help="Mixed precision; auto: bf16 on GPUs with native bf16, else fp16 (scaled); off on CPU.",
 )
 @click.option("--channels-last/--no-channels-last", default=_D.channels_last, show_default=True)
 @click.option("--compile", "compile", is_flag=True, default=False, help="torch.compile the model.")

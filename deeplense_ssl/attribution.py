@@ -72,8 +72,8 @@ def attribution_maps(
     model.eval()
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    x = torch.as_tensor(np.asarray(images), dtype=torch.float32, device=device)
-    t = torch.as_tensor(np.asarray(targets), dtype=torch.int64, device=device)
+    x = torch.as_tensor(images, dtype=torch.float32, device=device)
+    t = torch.as_tensor(targets, dtype=torch.int64, device=device)
     out: dict[str, np.ndarray] = {}
     for method in methods:
         inputs = x.clone().requires_grad_(True)

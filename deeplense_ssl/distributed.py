@@ -76,7 +76,10 @@ def setup_distributed(device: torch.device) -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", rank))
-        return DistInfo(rank, world, local, _device_for(device, local, world), owns_group=False)
+        dev = _device_for(device, local, world)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # NCCL collectives use the current device
+        return DistInfo(rank, world, local, dev, owns_group=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(device=device)
@@ -86,7 +89,12 @@ def setup_distributed(device: torch.device) -> DistInfo:
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    dist.init_process_group(
+        backend=backend,
+        rank=rank,
+        world_size=world,
+        device_id=dev if dev.type == "cuda" else None,
+    )
     return DistInfo(rank, world, local, dev, owns_group=True)
 
 

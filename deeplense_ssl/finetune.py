@@ -302,6 +302,10 @@ def train_probe(
     """
     from tqdm.auto import tqdm
 
+    # Standardisation statistics and validation labels live on the host (the head is folded
+    # and scored there); features computed on a GPU by the caller are accepted too.
+    train_feats, train_labels = train_feats.float().cpu(), train_labels.cpu()
+    val_feats, val_labels = val_feats.float().cpu(), val_labels.cpu()
     mean = train_feats.mean(0)
     std = train_feats.std(0).clamp_min(1e-6) if len(train_feats) > 1 else torch.ones_like(mean)
     xt = ((train_feats - mean) / std).to(device)

@@ -425,12 +425,15 @@ def _load_images(cfg: PretrainConfig, dataset: Any) -> tuple[np.ndarray, np.ndar
             image_size=cfg.image_size,
             allow_pickle=cfg.allow_pickle,
         )
-    if isinstance(dataset, np.ndarray | Tensor):
+    if isinstance(dataset, Tensor):
+        dataset = dataset.detach().cpu().numpy()
+    if isinstance(dataset, np.ndarray):
         images = np.asarray(dataset)
         labels = np.zeros(len(images), np.int64)
         class_names = ["unlabelled"]
     else:
-        images = np.asarray(dataset.images)
+        images = dataset.images
+        images = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
         labels = np.asarray(dataset.labels, dtype=np.int64)
         class_names = list(dataset.class_names)
     where = cfg.data
@@ -450,14 +453,16 @@ def _load_images(cfg: PretrainConfig, dataset: Any) -> tuple[np.ndarray, np.ndar
 
 
 def _put_on_device(images: np.ndarray, device: torch.device) -> Tensor:
-    """The training set as one tensor: on the GPU if it fits comfortably, else pinned on host."""
+    """The training set as one tensor: on the GPU if it fits comfortably, else on the host
+    (each batch is then gathered and pinned by :func:`_fetch`; pinning the whole set would copy
+    it a second time in host memory)."""
     data = torch.from_numpy(images)
     if device.type != "cuda":
         return data
     free, _ = torch.cuda.mem_get_info(device)
     if data.numel() * data.element_size() < MAX_DEVICE_DATA_FRACTION * free:
         return data.to(device)
-    return data.pin_memory()
+    return data
 
 
 def _fetch(data: Tensor, idx: Tensor, device: torch.device) -> Tensor:
@@ -653,8 +658,13 @@ def pretrain(
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on a GPU that has it natively (Ampere and later), fp16 with loss scaling on
+    older GPUs (bf16 would be emulated there, slowly), full precision on the CPU."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type != "cuda":
+            return None
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native_bf16 else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 

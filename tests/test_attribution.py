@@ -27,6 +27,10 @@ def test_shapes_and_unknown_method():
     assert (maps["saliency"] >= 0).all() and (maps["gradcam"] >= 0).all()
     with pytest.raises(ConfigError, match="unknown attribution"):
         attribution_maps(model, x, [0, 1, 2], ["lime"])
+    # numpy inputs and tensor targets give the same maps as tensors and lists
+    again = attribution_maps(model, x.numpy(), torch.tensor([0, 1, 2]), ig_steps=8)
+    for name, m in maps.items():
+        assert (again[name] == m).all(), name
 
 
 def test_integrated_gradients_completeness():

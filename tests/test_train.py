@@ -382,3 +382,31 @@ def test_pretrain_on_cuda_with_the_set_on_the_gpu(tmp_path, device):
     assert meta["resolved"]["amp"] == "bfloat16"
     steps = [r for r in train.read_metrics(run) if r["kind"] == "step"]
     assert len(steps) == 4 and all(math.isfinite(r["loss"]) for r in steps)
+
+
+def test_a_tensor_dataset_trains_like_the_same_numpy_array(tmp_path):
+    images = _images(8)
+    ref = train.pretrain(_cfg(tmp_path / "np", max_steps=1), progress=False, dataset=images)
+    got = train.pretrain(
+        _cfg(tmp_path / "tensor", max_steps=1), progress=False, dataset=torch.from_numpy(images)
+    )
+    a = load_checkpoint(ref / CHECKPOINT_FILE)["backbone"]
+    b = load_checkpoint(got / CHECKPOINT_FILE)["backbone"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("amp", "device", "native_bf16", "expected"),
+    [
+        ("auto", "cpu", True, None),
+        ("auto", "cuda", True, torch.bfloat16),
+        ("auto", "cuda", False, torch.float16),  # pre-Ampere: emulated bf16 would be slow
+        ("bf16", "cuda", False, torch.bfloat16),  # an explicit choice is kept
+        ("off", "cuda", True, None),
+    ],
+)
+def test_amp_auto_picks_native_precision(monkeypatch, amp, device, native_bf16, expected):
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16
+    )
+    assert train._amp_dtype(amp, torch.device(device)) == expected
