@@ -72,7 +72,12 @@ TEMPERATURE = 0.5
 def lightly_simclr(
     images: np.ndarray, epochs: int, batch_size: int, device: torch.device, seed: int
 ) -> tuple[nn.Module, float]:
-    """lightly's SimCLR recipe on the same backbone and optimiser; returns (backbone, img/s)."""
+    """lightly's SimCLR recipe on the same backbone and optimiser; returns (backbone, img/s).
+
+    On a GPU it gets what ours gets there (bf16 autocast with the loss in float32,
+    channels-last) and 8 loader workers for its per-sample PIL transforms; on the CPU one worker,
+    so that the augmentation does not take the cores the training step needs.
+    """
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
@@ -89,10 +94,18 @@ def lightly_simclr(
         def __getitem__(self, i: int):
             return transform(pil[i])
 
+    cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(
-        Views(), batch_size=batch_size, shuffle=True, drop_last=True, num_workers=1
+        Views(),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=8 if cuda else 1,
+        pin_memory=cuda,
+        persistent_workers=True,
     )
-    backbone = build_backbone("resnet18", in_chans=3, stem="cifar").to(device)
+    fmt = torch.channels_last if cuda else torch.preserve_format
+    backbone = build_backbone("resnet18", in_chans=3, stem="cifar").to(device, memory_format=fmt)
     head = SimCLRProjectionHead(512, 512, 128).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     lr = BASE_LR * batch_size / 256
@@ -107,8 +120,10 @@ def lightly_simclr(
         for views in loader:
             for g in opt.param_groups:
                 g["lr"] = lr * warmup_cosine(step, warmup, total)
-            x0, x1 = views[0].to(device), views[1].to(device)
-            loss = loss_fn(head(backbone(x0)), head(backbone(x1)))
+            x0, x1 = (v.to(device, non_blocking=True, memory_format=fmt) for v in views[:2])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                z0, z1 = head(backbone(x0)), head(backbone(x1))
+            loss = loss_fn(z0.float(), z1.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

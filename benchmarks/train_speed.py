@@ -403,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         results["steps"] = {"seconds_per_image": times, "ratio_images_per_s": ratio}
 
     # Phase 2: whole epochs in fresh subprocesses A B A B (end to end, and peak memory).
+    on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     trials: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.rounds):
         for name in names:
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"[epoch] peak memory median: {base} {mem[base]:.0f} MiB, {other} "
             f"{mem[other]:.0f} MiB -> ratio {mem[base] / mem[other]:.2f}x "
-            f"({'peak RSS' if args.device == 'cpu' else 'cuda max_memory_allocated'})"
+            f"({'cuda max_memory_allocated' if on_cuda else 'peak RSS'})"
         )
         results["epochs"] = {
             "trials": trials,
