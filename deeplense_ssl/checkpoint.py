@@ -126,7 +126,9 @@ def capture_rng_state() -> dict[str, Any]:
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Only a process that has used CUDA has CUDA generator state worth keeping; asking
+        # otherwise would initialise CUDA (memory on every GPU) in CPU runs on a GPU node.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "numpy": {
             "name": str(np_state[0]),
             "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
