@@ -44,7 +44,7 @@ from deeplense_ssl.datasets import ImageSet
 from deeplense_ssl.evaluate import knn_predict
 from deeplense_ssl.finetune import extract_features, train_probe
 from deeplense_ssl.heads import LinearHead
-from deeplense_ssl.io import read_cifar10
+from deeplense_ssl.io import read_cifar10, write_text_atomic
 from deeplense_ssl.runtime import resolve_device, seed_everything
 from deeplense_ssl.train import pretrain, warmup_cosine
 
@@ -284,8 +284,7 @@ def main() -> None:
         out["speed_ratio_ours_over_lightly"] = ratio
         print(f"\nSimCLR training speed, ours / lightly: {ratio:.2f}x")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1))
+        write_text_atomic(args.out, json.dumps(out, indent=1))
         print(f"results -> {args.out}")
     assert all(math.isfinite(r["knn_top1"]) for r in results.values())
 

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from deeplense_ssl import __version__  # noqa: E402
 from deeplense_ssl.datasets import LensingDataset, convert_dataset, load_dataset  # noqa: E402
-from deeplense_ssl.io import write_hdf5  # noqa: E402
+from deeplense_ssl.io import write_hdf5, write_text_atomic  # noqa: E402
 
 TRAIN_STEP_IMAGES_PER_S = 50.0  # CPU training-step rate the loader must beat 100x
 
@@ -233,7 +233,7 @@ def main() -> None:
         results["chunks"] = {str(c): {k: list(v) for k, v in r.items()} for c, r in chunks.items()}
         results["header"] = header()
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2))
+            write_text_atomic(args.json, json.dumps(results, indent=2))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

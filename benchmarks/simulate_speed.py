@@ -36,6 +36,7 @@ from machine import cpu_name
 
 from deeplense_ssl import __version__
 from deeplense_ssl import simulate as sim
+from deeplense_ssl.io import write_text_atomic
 
 
 def machine_info() -> dict:
@@ -157,11 +158,10 @@ def main() -> None:
         print(profile)
     info["load_average_end"] = list(os.getloadavg())
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         result = {"machine": info, "config": vars(args) | {"out": str(args.out)}, "rows": rows}
         if profile:
             result["profile_model_ii_64"] = profile
-        args.out.write_text(json.dumps(result, indent=2))
+        write_text_atomic(args.out, json.dumps(result, indent=2))
         print(f"wrote {args.out}")
 
 

@@ -440,7 +440,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# load after: {load[1]}")
     results["load"] = load
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        from deeplense_ssl.io import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(results, indent=2))
 
 
 def _quartiles(slow: list[float], fast: list[float]) -> str:

@@ -34,7 +34,7 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError
-from .io import atomic_output
+from .io import atomic_output, write_text_atomic
 
 CHECKPOINT_FORMAT = "deeplense_ssl.pretrain_checkpoint.v1"
 RUN_KIND = "pretrain"
@@ -172,13 +172,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 def write_run_config(run_dir: str | Path, payload: Mapping[str, Any]) -> Path:
     """Write ``config.json`` atomically (adds ``kind`` and ``deeplense_ssl_version``)."""
-    from .io import atomic_output
-
     data = {"kind": RUN_KIND, "deeplense_ssl_version": __version__, **payload}
     path = Path(run_dir) / CONFIG_FILE
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from .cleaning import (
 )
 from .config import NAN_POLICIES, NORMALIZATIONS
 from .errors import ConfigError, DataError
-from .io import HDF5Writer, Source, atomic_output, open_source
+from .io import HDF5Writer, Source, open_source, write_text_atomic
 
 __all__ = [
     "ImageSet",
@@ -986,7 +986,4 @@ def _fmt_num(value: Any) -> str:
 
 def write_data_card(summary: dict[str, Any], out: str | Path, *, name: str | None = None) -> Path:
     """Write :func:`render_data_card` to ``out`` atomically."""
-    text = render_data_card(summary, name=name)
-    with atomic_output(out) as tmp:
-        Path(tmp).write_text(text)
-    return Path(out)
+    return write_text_atomic(out, render_data_card(summary, name=name))

@@ -33,7 +33,7 @@ from scipy.stats import rankdata
 from . import __version__
 from .config import EvaluateConfig, config_to_dict
 from .errors import DataError
-from .io import atomic_output
+from .io import atomic_output, write_text_atomic
 
 # --------------------------------------------------------------------------------------------
 # ROC-AUC
@@ -618,8 +618,7 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
                 neighbor_similarity=nb_sim.astype(np.float32),
                 class_names=np.asarray(class_names, dtype=str),
             )
-    with atomic_output(out) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1, allow_nan=False, default=_json_default))
+    write_text_atomic(out, json.dumps(metrics, indent=1, allow_nan=False, default=_json_default))
     return metrics
 
 

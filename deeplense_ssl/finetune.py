@@ -48,7 +48,7 @@ from torch import nn
 from . import __version__
 from .config import FinetuneConfig, config_to_dict
 from .errors import CheckpointError, ConfigError, DataError
-from .io import atomic_output
+from .io import atomic_output, write_text_atomic
 
 MODEL_FORMAT = "deeplense_ssl.finetune_model.v1"
 RUN_KIND = "finetune"
@@ -783,13 +783,12 @@ def _write_run(
             np.savez_compressed(
                 fh, embeddings=train_emb.astype(np.float32), labels=train_emb_labels
             )
-    with atomic_output(out / "metrics.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(_plain(row)) + "\n" for row in history))
-    with atomic_output(out / "val_metrics.json") as tmp:
-        tmp.write_text(json.dumps(_plain(val_metrics), indent=2) + "\n")
+    write_text_atomic(
+        out / "metrics.jsonl", "".join(json.dumps(_plain(row)) + "\n" for row in history)
+    )
+    write_text_atomic(out / "val_metrics.json", json.dumps(_plain(val_metrics), indent=2) + "\n")
     _plot_history(history, val_metrics["best_epoch"], out / "history.png")
-    with atomic_output(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(_plain(run_config), indent=2) + "\n")
+    write_text_atomic(out / "config.json", json.dumps(_plain(run_config), indent=2) + "\n")
     save_checkpoint(
         out / MODEL_FILE,
         {

@@ -93,6 +93,14 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     _fsync_dir(final.parent)
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_output`: readers see the old
+    complete file or the new complete file, never a part."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def _fsync_dir(folder: Path) -> None:
     """Persist a rename in ``folder`` (no-op where directories cannot be opened, e.g. Windows)."""
     try:

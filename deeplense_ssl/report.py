@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__
 from .config import ReportConfig, config_to_dict
 from .errors import CheckpointError
-from .io import atomic_output
+from .io import write_text_atomic
 
 TSNE_MAX_POINTS = 1000
 RETRIEVAL_MAX_QUERIES = 6
@@ -787,8 +787,6 @@ def build_report(cfg: ReportConfig) -> Path:
         "runs": rows,
     }
     metrics_out = report_metrics_path(out)
-    with atomic_output(out) as tmp:
-        tmp.write_text(doc, encoding="utf-8")
-    with atomic_output(metrics_out) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(out, doc)
+    write_text_atomic(metrics_out, json.dumps(summary, indent=2, default=str) + "\n")
     return out
