@@ -43,7 +43,7 @@ from deeplense_ssl.config import (
 )
 from deeplense_ssl.evaluate import evaluate
 from deeplense_ssl.finetune import finetune
-from deeplense_ssl.io import atomic_output
+from deeplense_ssl.io import write_text_atomic
 from deeplense_ssl.simulate import simulate_dataset
 from deeplense_ssl.train import pretrain
 
@@ -103,7 +103,7 @@ def main() -> None:
         table += labels_saved_table(rows, SETTINGS[args.setting]["fractions"])
         print(table)
         if args.markdown:
-            write_atomic(
+            write_text_atomic(
                 Path(args.markdown), "Merged from: " + ", ".join(args.tables) + "\n" + table
             )
         return
@@ -152,7 +152,7 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-        write_atomic(Path(args.out), json.dumps({"header": header, "rows": rows}, indent=1))
+        write_text_atomic(Path(args.out), json.dumps({"header": header, "rows": rows}, indent=1))
 
     for model in models:
         size = s["image_size"][model]
@@ -222,21 +222,30 @@ def main() -> None:
     table = markdown_table(rows, s["fractions"])
     print(table)
     if args.markdown:
-        write_atomic(
+        write_text_atomic(
             Path(args.markdown),
             f"Command: `{header['command']}`\n\n```json\n{json.dumps(header, indent=1)}\n```\n\n"
             + table,
         )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that ``path`` is either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text(text)
-
-
 BASELINES = ("random-init", "supervised")
+
+
+def _runs(rows: list[dict], model: str, method: str, fraction: float) -> list[dict]:
+    """The rows (one per seed) of one table cell."""
+    return [
+        r for r in rows
+        if r["model"] == model and r["method"] == method and r["label_fraction"] == fraction
+    ]  # fmt: skip
+
+
+def _table_head(title: str, fractions) -> list[str]:
+    return [
+        f"\n### {title}\n",
+        "| method | " + " | ".join(f"{f * 100:g}% of labels" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
 
 
 def equivalent_fraction(auc: float, fractions, baseline_aucs) -> float | None:
@@ -268,12 +277,8 @@ def labels_saved_table(rows: list[dict], fractions) -> str:
     """
 
     def mean_auc(model, method, f):
-        sel = [
-            r["auc_macro"]
-            for r in rows
-            if r["model"] == model and r["method"] == method and r["label_fraction"] == f
-        ]
-        return float(np.mean(sel)) if sel else None
+        sel = _runs(rows, model, method, f)
+        return float(np.mean([r["auc_macro"] for r in sel])) if sel else None
 
     lines = []
     for model in sorted({r["model"] for r in rows}):
@@ -281,12 +286,8 @@ def labels_saved_table(rows: list[dict], fractions) -> str:
             base_aucs = [mean_auc(model, base, f) for f in fractions]
             if None in base_aucs:
                 continue
-            lines += [
-                f"\n### {model}: labels {base} needs to match each method "
-                "(mean AUC, log-linear interpolation)\n",
-                "| method | " + " | ".join(f"{f * 100:g}% of labels" for f in fractions) + " |",
-                "|---|" + "---|" * len(fractions),
-            ]
+            title = f"{model}: labels {base} needs to match each method"
+            lines += _table_head(f"{title} (mean AUC, log-linear interpolation)", fractions)
             methods = dict.fromkeys(r["method"] for r in rows if r["model"] == model)
             for method in [m for m in methods if m not in BASELINES]:
                 cells = []
@@ -324,7 +325,7 @@ def merge_results(paths: list[str], default_epochs: int) -> list[dict]:
             if budget is not None and budget != default_epochs:
                 row["method"] = f"{row['method']}, {budget} epochs"
             row["_order"] = (
-                row["method"] in [*BASELINES],
+                row["method"] in BASELINES,
                 (METHODS + BASELINES).index(row["method"].split(",")[0]),
                 budget or 0,
             )
@@ -341,18 +342,11 @@ def markdown_table(rows: list[dict], fractions) -> str:
     """
     lines = []
     for model in sorted({r["model"] for r in rows}):
-        lines += [
-            f"\n### {model}: macro ROC-AUC on the test set\n",
-            "| method | " + " | ".join(f"{f * 100:g}% of labels" for f in fractions) + " |",
-            "|---|" + "---|" * len(fractions),
-        ]
+        lines += _table_head(f"{model}: macro ROC-AUC on the test set", fractions)
         for method in dict.fromkeys(r["method"] for r in rows if r["model"] == model):
             cells = []
             for f in fractions:
-                sel = [
-                    r for r in rows
-                    if r["model"] == model and r["method"] == method and r["label_fraction"] == f
-                ]  # fmt: skip
+                sel = _runs(rows, model, method, f)
                 aucs = [r["auc_macro"] for r in sel]
                 if not sel:
                     cells.append("-")
