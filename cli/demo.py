@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from deeplense_ssl.config import METHODS
+from deeplense_ssl.config import PretrainConfig
 
-from .options import device_option, seed_option
+from .options import device_option, field_option, seed_option
 
 
 @click.command(name="demo")
@@ -17,24 +19,21 @@ from .options import device_option, seed_option
     show_default=True,
     help="Folder for the data, the run folders and report.html.",
 )
-@click.option(
-    "--method",
-    type=click.Choice(METHODS),
-    default="simclr",
-    show_default=True,
-    help="Pretext task to pretrain (contrastive-blur was the strongest in benchmarks/RESULTS.md).",
+@field_option(
+    PretrainConfig,
+    "method",
+    help="Self-supervised method to pretrain (contrastive-blur was the strongest in "
+    "benchmarks/RESULTS.md).",
 )
 @click.option("--quick", is_flag=True, help="Tiny smoke-test sizes (seconds; numbers meaningless).")
-@device_option
-@seed_option
+@device_option(PretrainConfig)
+@seed_option(PretrainConfig)
 def command(out: str, method: str, quick: bool, device: str, seed: int) -> None:
     """Simulate, pretrain (SimCLR by default), fine-tune a linear probe and the baselines,
     evaluate, report.
 
     Re-running continues where a previous run stopped (finished stages are skipped).
     """
-    import dataclasses
-
     from deeplense_ssl.demo import plan_for, run_demo
 
     plan = dataclasses.replace(plan_for(device, quick), method=method)

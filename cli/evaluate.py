@@ -8,63 +8,56 @@ from deeplense_ssl.config import EvaluateConfig, config_from_sources
 
 from .options import (
     allow_pickle_option,
-    comma_list,
     config_option,
     device_option,
     explicit_params,
+    field_option,
     image_size_option,
     nan_policy_option,
-    normalize_auto_option,
+    normalize_option,
     seed_option,
 )
 
+C = EvaluateConfig
+
 
 @click.command("evaluate")
-@click.option(
-    "--checkpoint",
+@field_option(
+    C,
+    "checkpoint",
     type=click.Path(exists=True, file_okay=False),
-    default=None,
     help="Finetune run folder (the --out of `deeplense-ssl finetune`).",
 )
-@click.option("--data", type=click.Path(exists=True), default=None, help="Labelled test data.")
-@click.option(
-    "--out",
+@field_option(C, "data", type=click.Path(exists=True), help="Labelled test data.")
+@field_option(
+    C,
+    "out",
     type=click.Path(dir_okay=False),
-    default=None,
     help="metrics.json path (default: inside the finetune run); scores.npz goes beside it.",
 )
-@click.option(
-    "--n-bootstrap",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Bootstrap resamples for the confidence intervals (0: none).",
-)
-@click.option("--ci-level", type=float, default=0.95, show_default=True)
-@click.option("--knn-k", type=int, default=20, show_default=True, help="kNN neighbours.")
-@click.option("--knn-temperature", type=float, default=0.07, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option(
-    "--ood-classes",
-    default=None,
+@field_option(C, "n_bootstrap", help="Bootstrap resamples for the confidence intervals (0: none).")
+@field_option(C, "ci_level")
+@field_option(C, "knn_k", help="kNN neighbours.")
+@field_option(C, "knn_temperature")
+@field_option(C, "batch_size")
+@field_option(
+    C,
+    "ood_classes",
     help="Comma-separated test classes the model never saw, scored as out-of-distribution.",
 )
-@normalize_auto_option("as the model was trained (recommended).")
-@nan_policy_option
-@image_size_option
-@allow_pickle_option
-@seed_option
-@device_option
+@normalize_option(C, "Per-image scaling; auto: as the model was trained (recommended).")
+@nan_policy_option(C)
+@image_size_option(C)
+@allow_pickle_option(C)
+@seed_option(C)
+@device_option(C)
 @config_option
 def command(config_path: str | None, **params) -> None:
     """Evaluate a finetune run on a test set; write metrics.json and scores.npz."""
     from deeplense_ssl.evaluate import evaluate
 
     ctx = click.get_current_context()
-    overrides = explicit_params(ctx, params)
-    if overrides.get("ood_classes") is not None:
-        overrides["ood_classes"] = comma_list(overrides["ood_classes"])
-    cfg = config_from_sources(EvaluateConfig, config_path, overrides)
+    cfg = config_from_sources(EvaluateConfig, config_path, explicit_params(ctx, params))
     m = evaluate(cfg)
     auc = m["roc_auc"]
     ci = m["ci"].get("auc_macro", {})

@@ -11,26 +11,27 @@ from .options import (
     config_option,
     device_option,
     explicit_params,
+    field_option,
     image_size_option,
     nan_policy_option,
-    normalize_auto_option,
+    normalize_option,
     seed_option,
 )
 
+C = FinetuneConfig
+
 
 @click.command("finetune")
-@click.option("--data", type=click.Path(exists=True), default=None, help="Labelled training data.")
-@click.option(
-    "--checkpoint",
+@field_option(C, "data", type=click.Path(exists=True), help="Labelled training data.")
+@field_option(
+    C,
+    "checkpoint",
     type=click.Path(exists=True, file_okay=False),
-    default=None,
     help="Pretrain run folder (the --out of `deeplense-ssl pretrain`).",
 )
-@click.option(
-    "--head",
-    type=click.Choice(["linear", "mlp", "full"]),
-    default="linear",
-    show_default=True,
+@field_option(
+    C,
+    "head",
     help="linear/mlp: head on frozen features (cached once); full: fine-tune the backbone too.",
 )
 @click.option(
@@ -47,65 +48,37 @@ from .options import (
     default=False,
     help="Baseline: the chosen head on a frozen randomly initialised backbone.",
 )
-@click.option(
-    "--label-fraction",
-    type=float,
-    default=1.0,
-    show_default=True,
+@field_option(
+    C,
+    "label_fraction",
     help="Fraction of the training labels used (stratified, seeded, >= 1 per class).",
 )
-@click.option(
-    "--val-fraction",
-    type=float,
-    default=0.15,
-    show_default=True,
+@field_option(
+    C,
+    "val_fraction",
     help="Fraction of the data held out for model selection (stratified, seeded).",
 )
-@click.option("--out", type=click.Path(file_okay=False), default="runs/finetune", show_default=True)
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=None, help="Head learning rate (default 1e-3, AdamW).")
-@click.option(
-    "--backbone-lr-scale",
-    type=float,
-    default=0.1,
-    show_default=True,
-    help="--head full: backbone learning rate = lr x this.",
-)
-@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--mlp-hidden-dim", type=int, default=512, show_default=True, help="--head mlp.")
-@click.option(
-    "--augment/--no-augment",
-    default=True,
-    show_default=True,
-    help="Random dihedral augmentation when the backbone is trained.",
-)
-@click.option(
-    "--feature-dihedral/--no-feature-dihedral",
-    default=True,
-    show_default=True,
+@field_option(C, "out", type=click.Path(file_okay=False))
+@field_option(C, "epochs")
+@field_option(C, "batch_size")
+@field_option(C, "lr", help="Head learning rate (default 1e-3, AdamW).")
+@field_option(C, "backbone_lr_scale", help="--head full: backbone learning rate = lr x this.")
+@field_option(C, "weight_decay")
+@field_option(C, "mlp_hidden_dim", help="--head mlp.")
+@field_option(C, "augment", help="Random dihedral augmentation when the backbone is trained.")
+@field_option(
+    C,
+    "feature_dihedral",
     help="Frozen backbone: also cache features of the 8 rotated/reflected training images.",
 )
-@click.option(
-    "--backbone",
-    type=click.Choice(["resnet18", "resnet34", "resnet50"]),
-    default="resnet18",
-    show_default=True,
-    help="Architecture of a baseline without --checkpoint.",
-)
-@click.option(
-    "--stem",
-    type=click.Choice(["imagenet", "cifar", "small"]),
-    default="imagenet",
-    show_default=True,
-    help="Stem of a baseline without --checkpoint.",
-)
-@normalize_auto_option("as in the pretrain run (minmax without one).")
-@nan_policy_option
-@image_size_option
-@allow_pickle_option
-@seed_option
-@device_option
+@field_option(C, "backbone", help="Architecture of a baseline without --checkpoint.")
+@field_option(C, "stem", help="Stem of a baseline without --checkpoint.")
+@normalize_option(C, "Per-image scaling; auto: as in the pretrain run (minmax without one).")
+@nan_policy_option(C)
+@image_size_option(C)
+@allow_pickle_option(C)
+@seed_option(C)
+@device_option(C)
 @config_option
 def command(config_path: str | None, from_scratch: bool, random_init: bool, **params) -> None:
     """Fine-tune a classifier (or a baseline) and write a run folder."""

@@ -1,47 +1,78 @@
-"""Click options shared by several commands, defined once."""
+"""Click options built from the config dataclasses, and the options several commands share.
+
+Every option that sets a config field is made by :func:`field_option`: its type, its
+``click.Choice`` list and its default come from the field (``deeplense_ssl.config``), which in
+turn takes its choices from the module that implements them. Help texts of shared options are
+written once, here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import click
 
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-device_option = click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where to compute; auto picks CUDA when available.",
-)
-allow_pickle_option = click.option(
-    "--allow-pickle",
-    is_flag=True,
-    default=False,
-    help="Allow unpickling .npy object arrays (e.g. DeepLense axion files). Unpickling can run "
-    "arbitrary code: use only on files you trust.",
-)
-nan_policy_option = click.option(
-    "--nan-policy",
-    type=click.Choice(["raise", "zero", "median", "interpolate", "drop"]),
-    default="raise",
-    show_default=True,
-    help="What to do with NaN/inf pixels, applied once right after reading.",
-)
-image_size_option = click.option(
-    "--image-size",
-    type=int,
-    default=None,
-    help="Bring every image to N x N (centre crop if larger, resize if smaller).",
-)
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="YAML config file; explicit command-line flags override its values.",
-)
+from deeplense_ssl.config import field_spec
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def comma_list(value: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: comma-separated option values, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _str_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
+    return None if value is None else comma_list(value)
+
+
+def _float_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
+    if value is None:
+        return None
+    try:
+        return [float(v) for v in comma_list(value)]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}.") from exc
+
+
+def field_option(cls: type, name: str, *param_decls: str, **overrides: Any) -> Decorator:
+    """A ``click.option`` for field ``name`` of the config dataclass ``cls``.
+
+    * choice fields: ``click.Choice`` of the field's choices;
+    * ``bool``: ``--name/--no-name`` when the default is true, else the flag ``--name``;
+    * ``list[float]`` / ``list[str]``: one comma-separated value (``--blur-sigmas-px 0,1.5``);
+    * ``int`` / ``float`` / ``str``: that type.
+
+    The default is the field's (a ``str`` field whose default is ``""`` has none: the config
+    decides). Commands pass only the flags given explicitly (:func:`explicit_params`) to
+    ``config_from_sources``, so defaults never override a ``--config`` file.
+
+    Args:
+        cls: a config dataclass.
+        name: one of its fields; the parameter gets this name.
+        *param_decls: flag spellings (default ``--name-with-dashes``).
+        **overrides: any ``click.option`` keyword (``help``, ``type=click.Path(...)``...).
+    """
+    spec = field_spec(cls, name)
+    flag = "--" + name.replace("_", "-")
+    kwargs: dict[str, Any] = {"default": spec.default, "show_default": True}
+    if spec.type is bool and spec.default:
+        param_decls = param_decls or (f"{flag}/--no-{flag[2:]}",)
+    elif spec.type is bool:
+        kwargs.update(is_flag=True, show_default=False)
+    elif spec.many:
+        kwargs["callback"] = _float_list if spec.type is float else _str_list
+        kwargs["default"] = ",".join(str(v) for v in spec.default)
+        kwargs["show_default"] = bool(spec.default)
+    elif spec.choices is not None:
+        kwargs["type"] = click.Choice(spec.choices)
+    else:
+        kwargs["type"] = spec.type
+        if spec.default in (None, ""):
+            kwargs.update(default=None, show_default=False)
+    kwargs.update(overrides)
+    return click.option(*(param_decls or (flag,)), name, **kwargs)
 
 
 def explicit_params(
@@ -69,17 +100,103 @@ def explicit_params(
     }
 
 
-def normalize_auto_option(auto_help: str):
-    """``--normalize`` for commands that use a trained model: ``auto`` follows the model's runs."""
-    return click.option(
-        "--normalize",
-        type=click.Choice(["auto", "none", "minmax", "zscore", "zscore-dataset", "asinh"]),
-        default="auto",
-        show_default=True,
-        help=f"Per-image scaling; auto: {auto_help}",
+# ----------------------------------------------------------------------------- shared options
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML config file; explicit command-line flags override its values.",
+)
+
+
+def seed_option(cls: type) -> Decorator:
+    """``--seed`` of ``cls``."""
+    return field_option(cls, "seed", help="Random seed.")
+
+
+def device_option(cls: type) -> Decorator:
+    """``--device`` of ``cls``."""
+    return field_option(cls, "device", help="Where to compute; auto picks CUDA when available.")
+
+
+def allow_pickle_option(cls: type) -> Decorator:
+    """``--allow-pickle`` of ``cls``."""
+    return field_option(
+        cls,
+        "allow_pickle",
+        help="Allow unpickling .npy object arrays (e.g. DeepLense axion files). Unpickling can "
+        "run arbitrary code: use only on files you trust.",
     )
 
 
-def comma_list(value: str) -> list[str]:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]``: comma-separated option values, blanks dropped."""
-    return [item.strip() for item in value.split(",") if item.strip()]
+def nan_policy_option(cls: type) -> Decorator:
+    """``--nan-policy`` of ``cls``."""
+    return field_option(
+        cls, "nan_policy", help="What to do with NaN/inf pixels, applied once right after reading."
+    )
+
+
+def image_size_option(cls: type) -> Decorator:
+    """``--image-size`` of ``cls``."""
+    return field_option(
+        cls,
+        "image_size",
+        help="Bring every image to N x N (centre crop if larger, resize if smaller).",
+    )
+
+
+def normalize_option(cls: type, help_text: str) -> Decorator:
+    """``--normalize`` of ``cls``; ``auto`` (where allowed) follows the model's runs."""
+    return field_option(cls, "normalize", help=help_text)
+
+
+def reader_options(cls: type) -> Decorator:
+    """The options that say how to read labels and arrays of a source (convert, inspect)."""
+    options = [
+        field_option(
+            cls,
+            "labels_csv",
+            type=click.Path(),
+            help="CSV with columns file,label for a flat folder of images.",
+        ),
+        field_option(
+            cls,
+            "label_pattern",
+            help="File-name rules for a flat folder, e.g. 'non_lens=^nl_;lens=_hst' or a regex "
+            "with a capture group such as '^(cdm|axion|no_sub)_'.",
+        ),
+        field_option(
+            cls,
+            "labels_file",
+            type=click.Path(),
+            help="Labels of a single stacked .npy/FITS input: a .npy or text file, one int per "
+            "image.",
+        ),
+        field_option(cls, "images_key", help="Image dataset name in HDF5/.npz if ambiguous."),
+        field_option(cls, "labels_key", help="Label dataset name in HDF5/.npz if ambiguous."),
+    ]
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def reader_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``io.open_source`` keyword arguments among reader option values (unset ones left out).
+
+    Args:
+        values: field name -> value, e.g. ``vars(cfg)`` of a ``ConvertConfig``.
+    """
+    reader = {
+        "labels_csv": values.get("labels_csv"),
+        "label_pattern": values.get("label_pattern"),
+        "labels": values.get("labels_file"),
+        "images_key": values.get("images_key"),
+        "labels_key": values.get("labels_key"),
+    }
+    return {k: v for k, v in reader.items() if v is not None}

@@ -11,145 +11,110 @@ import os
 
 import click
 
-from deeplense_ssl.config import METHODS, NORMALIZATIONS, PretrainConfig, config_from_sources
+from deeplense_ssl.config import PretrainConfig, config_from_sources, field_spec
+from deeplense_ssl.methods import get_method
 
 from .options import (
     allow_pickle_option,
-    comma_list,
     config_option,
     device_option,
     explicit_params,
+    field_option,
     image_size_option,
     nan_policy_option,
+    normalize_option,
     seed_option,
 )
 
-_D = PretrainConfig()
+C = PretrainConfig
 
 
-def _float_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list | None:
-    if value is None:
-        return None
-    try:
-        return [float(v) for v in comma_list(value)]
-    except ValueError as exc:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}.") from exc
+def _method_help() -> str:
+    """One line per registered method, from the method's own ``summary``."""
+    names = field_spec(C, "method").choices or ()
+    return "; ".join(f"{name}: {get_method(name).summary}" for name in names) + "."
 
 
 @click.command("pretrain")
-@click.option("--data", default=None, help="Training images (HDF5, npy folder, npz, FITS...).")
-@click.option(
-    "--method",
-    type=click.Choice(METHODS),
-    default=_D.method,
-    show_default=True,
-    help="simclr; contrastive-rotation / contrastive-blur (DeepLense: views differ only by "
-    "rotation, or by blur and noise); rotation (predict 0/90/180/270); blur (predict the level).",
-)
-@click.option(
-    "--backbone",
-    type=click.Choice(["resnet18", "resnet34", "resnet50"]),
-    default=_D.backbone,
-    show_default=True,
-)
-@click.option(
-    "--stem",
-    type=click.Choice(["imagenet", "cifar", "small"]),
-    default=_D.stem,
-    show_default=True,
+@field_option(C, "data", help="Training images (HDF5, npy folder, npz, FITS...).")
+@field_option(C, "method", help=_method_help())
+@field_option(C, "backbone")
+@field_option(
+    C,
+    "stem",
     help="ResNet stem: imagenet (7x7/2 + maxpool), cifar (3x3/1), small (3x3/2, 64 px images).",
 )
-@click.option("--epochs", type=int, default=_D.epochs, show_default=True)
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
-@click.option(
-    "--batch-size", type=int, default=_D.batch_size, show_default=True, help="Per process."
-)
-@click.option(
-    "--out",
+@field_option(C, "epochs")
+@field_option(C, "max_steps", help="Stop after this many optimiser steps.")
+@field_option(C, "batch_size", help="Per process.")
+@field_option(
+    C,
+    "out",
     type=click.Path(file_okay=False),
-    default=_D.out,
-    show_default=True,
     help="Run folder (config.json, checkpoint.pt, backbone.pt, metrics.jsonl, loss_curve.png).",
 )
-@click.option(
-    "--resume",
-    is_flag=True,
-    default=False,
+@field_option(
+    C,
+    "resume",
     help="Continue the run in --out from its checkpoint (same config; epochs/max-steps may "
     "change).",
 )
-@click.option(
-    "--optimizer",
-    type=click.Choice(["sgd", "adamw", "lars"]),
-    default=_D.optimizer,
-    show_default=True,
-)
-@click.option(
-    "--lr",
-    type=float,
-    default=None,
+@field_option(C, "optimizer")
+@field_option(
+    C,
+    "lr",
     help="Peak learning rate (default: --base-lr x global batch / 256; set ~1e-3 for adamw).",
 )
-@click.option("--base-lr", type=float, default=_D.base_lr, show_default=True)
-@click.option("--weight-decay", type=float, default=_D.weight_decay, show_default=True)
-@click.option("--warmup-epochs", type=float, default=_D.warmup_epochs, show_default=True)
-@click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm to this.")
-@click.option(
-    "--temperature", type=float, default=_D.temperature, show_default=True, help="NT-Xent tau."
+@field_option(C, "base_lr")
+@field_option(C, "weight_decay")
+@field_option(C, "momentum", help="SGD / LARS momentum.")
+@field_option(C, "warmup_epochs")
+@field_option(C, "grad_clip", help="Clip the gradient norm to this.")
+@field_option(C, "temperature", help="NT-Xent tau.")
+@field_option(C, "n_views")
+@field_option(C, "proj_hidden_dim")
+@field_option(C, "proj_out_dim")
+@field_option(C, "proj_layers")
+@field_option(C, "augment", help="simclr augmentation preset.")
+@field_option(C, "blur_sigmas_px", help="Comma-separated blur sigmas in pixels (blur methods).")
+@field_option(C, "noise_std", help="contrastive-blur: Gaussian noise std (pixel-value units).")
+@field_option(
+    C,
+    "ema_momentum",
+    help="Momentum target networks (byol, dino): EMA momentum at step 0 (default: the "
+    "method's own).",
 )
-@click.option("--n-views", type=int, default=_D.n_views, show_default=True)
-@click.option("--proj-hidden-dim", type=int, default=_D.proj_hidden_dim, show_default=True)
-@click.option("--proj-out-dim", type=int, default=_D.proj_out_dim, show_default=True)
-@click.option("--proj-layers", type=int, default=_D.proj_layers, show_default=True)
-@click.option(
-    "--augment",
-    type=click.Choice(["lensing", "cifar"]),
-    default=_D.augment,
-    show_default=True,
-    help="simclr augmentation preset.",
-)
-@click.option(
-    "--blur-sigmas-px",
-    callback=_float_list,
-    default=None,
-    help="Comma-separated blur sigmas in pixels (blur methods) [default: 0,1,2,3].",
-)
-@click.option("--noise-std", type=float, default=_D.noise_std, show_default=True)
-@click.option(
-    "--amp",
-    type=click.Choice(["auto", "bf16", "fp16", "off"]),
-    default=_D.amp,
-    show_default=True,
+@field_option(C, "n_local_views", help="dino: native-scale local views besides the 2 global.")
+@field_option(C, "local_view_size", help="dino: side of the local views (default: half).")
+@field_option(C, "dino_out_dim", help="dino: number of prototypes K.")
+@field_option(C, "teacher_temperature", help="dino: teacher softmax temperature.")
+@field_option(
+    C,
+    "amp",
     help="Mixed precision; auto: bf16 on GPUs with native bf16, else fp16 (scaled); off on CPU.",
 )
-@click.option("--channels-last/--no-channels-last", default=_D.channels_last, show_default=True)
-@click.option("--compile", "compile", is_flag=True, default=False, help="torch.compile the model.")
-@click.option("--checkpoint-every-steps", type=int, default=_D.checkpoint_every_steps)
-@click.option("--log-every-steps", type=int, default=_D.log_every_steps, show_default=True)
-@click.option(
-    "--knn-monitor",
-    is_flag=True,
-    default=False,
+@field_option(C, "channels_last")
+@field_option(C, "compile", help="torch.compile the model.")
+@field_option(C, "checkpoint_every_steps")
+@field_option(C, "log_every_steps", help="metrics.jsonl line and NaN/inf check every N steps.")
+@field_option(
+    C,
+    "knn_monitor",
     help="Each epoch, kNN accuracy on a held-out labelled split (not trained on).",
 )
-@click.option("--knn-val-fraction", type=float, default=_D.knn_val_fraction, show_default=True)
-@click.option(
-    "--normalize",
-    type=click.Choice(NORMALIZATIONS),
-    default=_D.normalize,
-    show_default=True,
-    help="Per-image (or dataset) scaling applied after loading.",
-)
-@nan_policy_option
-@image_size_option
-@allow_pickle_option
-@seed_option
-@device_option
+@field_option(C, "knn_val_fraction")
+@field_option(C, "sync_batchnorm", help="Multi-GPU: BatchNorm statistics over the global batch.")
+@normalize_option(C, "Per-image (or dataset) scaling applied after loading.")
+@nan_policy_option(C)
+@image_size_option(C)
+@allow_pickle_option(C)
+@seed_option(C)
+@device_option(C)
 @config_option
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def command(config_path: str | None, progress: bool, **params) -> None:
     """Pretrain a backbone with a self-supervised method and write a run folder."""
-    from deeplense_ssl.train import pretrain
+    from deeplense_ssl.training import pretrain
 
     ctx = click.get_current_context()
     cfg = config_from_sources(PretrainConfig, config_path, explicit_params(ctx, params))

@@ -6,33 +6,26 @@ import click
 
 from deeplense_ssl.config import ReportConfig, config_from_sources
 
-from .options import comma_list, config_option, device_option, explicit_params, seed_option
+from .options import config_option, device_option, explicit_params, field_option, seed_option
+
+C = ReportConfig
 
 
 @click.command("report")
 @click.argument("runs", nargs=-1, type=click.Path(exists=True))
-@click.option(
-    "--out",
+@field_option(
+    C,
+    "out",
     type=click.Path(dir_okay=False),
-    default="report.html",
-    show_default=True,
     help="HTML file; a metrics.json with the comparison table is written beside it.",
 )
-@click.option(
-    "--n-attribution-examples",
-    type=int,
-    default=2,
-    show_default=True,
-    help="Example images per class for the attribution maps.",
+@field_option(
+    C, "n_attribution_examples", help="Example images per class for the attribution maps."
 )
-@click.option(
-    "--attribution-methods",
-    default=None,
-    help="Comma-separated subset of integrated_gradients,saliency,gradcam ('' for none).",
-)
-@click.option("--tsne/--no-tsne", default=True, show_default=True, help="t-SNE embedding plot.")
-@seed_option
-@device_option
+@field_option(C, "attribution_methods", help="Comma-separated attribution methods ('' for none).")
+@field_option(C, "tsne", help="t-SNE embedding plot.")
+@seed_option(C)
+@device_option(C)
 @config_option
 def command(config_path: str | None, **params) -> None:
     """Report on evaluated finetune runs (RUNS: run folders or their metrics.json files)."""
@@ -42,8 +35,6 @@ def command(config_path: str | None, **params) -> None:
     overrides = explicit_params(ctx, params)
     if "runs" in overrides:
         overrides["runs"] = list(overrides["runs"])
-    if overrides.get("attribution_methods") is not None:
-        overrides["attribution_methods"] = comma_list(overrides["attribution_methods"])
     cfg = config_from_sources(ReportConfig, config_path, overrides)
     path = build_report(cfg)
     click.echo(f"Wrote {path}")

@@ -1,3 +1,144 @@
-"""deeplense_ssl: self-supervised learning for strong gravitational lensing images."""
+"""deeplense_ssl: self-supervised learning for strong gravitational lensing images.
+
+The public API, importable from the package itself::
+
+    from deeplense_ssl import PretrainConfig, load_dataset, pretrain
+
+    data = load_dataset("data.h5", nan_policy="interpolate")
+    run_dir = pretrain(PretrainConfig(data="data.h5", out="runs/simclr", epochs=10))
+
+Names are imported lazily, on first use, so ``import deeplense_ssl`` stays fast (it does not
+import torch); :data:`__all__` lists them and the module each comes from is in ``_LAZY``.
+
+``deeplense_ssl.finetune`` and ``deeplense_ssl.evaluate`` are the *functions*, even though
+modules of the same names exist: import from the modules with ``from deeplense_ssl.finetune
+import ...`` (``import deeplense_ssl.finetune as m`` would give the function).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module (inside this package) that defines it
+_LAZY: dict[str, str] = {
+    # data
+    "load_dataset": "datasets",
+    "LensingDataset": "datasets",
+    "ImageSet": "datasets",
+    "stratified_split": "datasets",
+    "label_fraction_subset": "datasets",
+    "summarize": "datasets",
+    "convert_dataset": "datasets",
+    "simulate_dataset": "simulate",
+    # configs, one per command
+    "PretrainConfig": "config",
+    "FinetuneConfig": "config",
+    "EvaluateConfig": "config",
+    "ReportConfig": "config",
+    "SimulateConfig": "config",
+    "ConvertConfig": "config",
+    "config_from_sources": "config",
+    # models and the pipeline
+    "build_backbone": "backbones",
+    "pretrain": "training",
+    "finetune": "finetune",
+    "evaluate": "evaluate",
+    "build_report": "report",
+    # errors
+    "DeepLenseError": "errors",
+    "DataError": "errors",
+    "ConfigError": "errors",
+    "CheckpointError": "errors",
+}
+
+__all__ = [  # the keys of _LAZY (checked by tests/test_package.py)
+    "__version__",
+    "load_dataset",
+    "LensingDataset",
+    "ImageSet",
+    "stratified_split",
+    "label_fraction_subset",
+    "summarize",
+    "convert_dataset",
+    "simulate_dataset",
+    "PretrainConfig",
+    "FinetuneConfig",
+    "EvaluateConfig",
+    "ReportConfig",
+    "SimulateConfig",
+    "ConvertConfig",
+    "config_from_sources",
+    "build_backbone",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "build_report",
+    "DeepLenseError",
+    "DataError",
+    "ConfigError",
+    "CheckpointError",
+]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
+    from .backbones import build_backbone
+    from .config import (
+        ConvertConfig,
+        EvaluateConfig,
+        FinetuneConfig,
+        PretrainConfig,
+        ReportConfig,
+        SimulateConfig,
+        config_from_sources,
+    )
+    from .datasets import (
+        ImageSet,
+        LensingDataset,
+        convert_dataset,
+        label_fraction_subset,
+        load_dataset,
+        stratified_split,
+        summarize,
+    )
+    from .errors import CheckpointError, ConfigError, DataError, DeepLenseError
+    from .evaluate import evaluate
+    from .finetune import finetune
+    from .report import build_report
+    from .simulate import simulate_dataset
+    from .training import pretrain
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use (PEP 562) and cache it here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+# API functions named like the module that defines them (``finetune``, ``evaluate``)
+_NAMED_LIKE_THEIR_MODULE = frozenset(name for name, module in _LAZY.items() if name == module)
+
+
+class _Package(types.ModuleType):
+    """This package's module type: loading the submodule ``finetune`` (or ``evaluate``) does not
+    replace the API function of that name (the import system sets a package attribute per
+    loaded submodule; the submodule stays in ``sys.modules``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _NAMED_LIKE_THEIR_MODULE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .errors import ConfigError
 
@@ -26,8 +27,6 @@ METHODS = ("integrated_gradients", "saliency", "gradcam")
 def last_conv_block(model: nn.Module) -> nn.Module:
     """The last residual block of the model's backbone (``layer4`` of a torchvision ResNet,
     else the last ``BasicBlock``/``Bottleneck`` module found)."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
     backbone = getattr(model, "backbone", model)
     layer4 = getattr(backbone, "layer4", None)
     if isinstance(layer4, nn.Module):
@@ -51,7 +50,7 @@ def attribution_maps(
 
     Args:
         model: ``(B, C, H, W) -> (B, num_classes)`` logits (e.g. a fine-tuned
-            :class:`~deeplense_ssl.finetune.ClassifierModel`); put in eval mode here.
+            :class:`~deeplense_ssl.inference.ClassifierModel`); put in eval mode here.
         images: (N, C, H, W) float32 images, preprocessed as the model expects.
         targets: (N,) class index whose logit is explained, per image.
         methods: any of :data:`METHODS`.
@@ -64,6 +63,8 @@ def attribution_maps(
     Raises:
         ConfigError: an unknown method name.
     """
+    # Deferred on purpose: captum costs ~0.5 s and imports matplotlib.pyplot, and config.py
+    # imports this module (for METHODS) on every command.
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
 
     unknown = sorted(set(methods) - set(METHODS))

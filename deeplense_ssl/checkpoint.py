@@ -1,18 +1,8 @@
-"""Atomic torch checkpoints and pretrain run folders.
+"""Atomic torch checkpoints, RNG states and the pretrained backbone of a pretrain run folder.
 
-A pretrain run folder (written by :func:`deeplense_ssl.train.pretrain`) holds:
-
-==================  ==========================================================================
-``config.json``     ``{"kind": "pretrain", "deeplense_ssl_version", "config", "resolved",
-                    "backbone_spec"}`` (``backbone_spec`` is ``backbone.spec``: ``name``,
-                    ``in_chans``, ``stem``, ``feature_dim``): the resolved config plus what
-                    the data fixed (input shape, world size, learning rate actually used).
-``checkpoint.pt``   the latest full training state (see :func:`save_checkpoint`), atomic.
-``backbone.pt``     the final backbone ``state_dict`` in torchvision key layout (minus ``fc``);
-                    written only when training finishes.
-``metrics.jsonl``   one JSON object per logged step / epoch.
-``loss_curve.png``  the training loss against the optimiser step.
-==================  ==========================================================================
+The run-folder layout (file names, ``config.json``) lives in :mod:`deeplense_ssl.runs`; the
+names used with checkpoints (``CHECKPOINT_FILE``, ``BACKBONE_FILE``, ``write_run_config``, ...)
+are re-exported here for the training code.
 
 Every checkpoint holds only tensors and plain Python types (dict, list, str, int, float, bool,
 None) so that it loads with ``torch.load(..., weights_only=True)``: random-number-generator states
@@ -22,7 +12,6 @@ and the config are converted to tensors / plain types by :func:`capture_rng_stat
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,18 +21,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from .backbones import backbone_state_dict_for_torchvision, build_backbone
 from .errors import CheckpointError
-from .io import atomic_output, write_text_atomic
+from .io import atomic_output
+from .runs import (  # noqa: F401 (re-exported: the run-folder names used with checkpoints)
+    BACKBONE_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    LOSS_CURVE_FILE,
+    METRICS_FILE,
+    PRETRAIN_KIND,
+    read_run_config,
+    write_run_config,
+)
 
-CHECKPOINT_FORMAT = "deeplense_ssl.pretrain_checkpoint.v1"
-RUN_KIND = "pretrain"
-
-CONFIG_FILE = "config.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-BACKBONE_FILE = "backbone.pt"
-METRICS_FILE = "metrics.jsonl"
-LOSS_CURVE_FILE = "loss_curve.png"
+CHECKPOINT_FORMAT = "deeplense_ssl.pretrain_checkpoint.v2"
+"""Format of the pretraining checkpoints written now: the method's whole ``state_dict``."""
+CHECKPOINT_FORMAT_V1 = "deeplense_ssl.pretrain_checkpoint.v1"
+"""Checkpoints before per-method state (``backbone`` and ``head`` state dicts); still read."""
+CHECKPOINT_FORMATS = (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_V1)
+RUN_KIND = PRETRAIN_KIND
 
 
 # --------------------------------------------------------------------------- atomic save / load
@@ -92,10 +89,12 @@ def load_checkpoint(
             f"{path}: cannot load as a weights-only torch checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''})."
         ) from exc
-    if expect_format and (not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT):
+    if expect_format and (
+        not isinstance(state, dict) or state.get("format") not in CHECKPOINT_FORMATS
+    ):
         raise CheckpointError(
             f"{path}: not a deeplense_ssl pretrain checkpoint (expected format "
-            f"{CHECKPOINT_FORMAT!r})."
+            f"{' or '.join(CHECKPOINT_FORMATS)})."
         )
     return state
 
@@ -170,40 +169,6 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- run folders
 
 
-def write_run_config(run_dir: str | Path, payload: Mapping[str, Any]) -> Path:
-    """Write ``config.json`` atomically (adds ``kind`` and ``deeplense_ssl_version``)."""
-    data = {"kind": RUN_KIND, "deeplense_ssl_version": __version__, **payload}
-    path = Path(run_dir) / CONFIG_FILE
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """Read a pretrain run folder's ``config.json``.
-
-    Raises:
-        CheckpointError: missing folder or file, invalid JSON, or not a pretrain run folder.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run folder.")
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(
-            f"{run_dir}: not a pretrain run folder (no {CONFIG_FILE}); pass the --out folder of "
-            "`deeplense-ssl pretrain`."
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable run config ({exc}).") from exc
-    if not isinstance(data, dict) or data.get("kind") != RUN_KIND or "backbone_spec" not in data:
-        raise CheckpointError(
-            f"{run_dir}: {CONFIG_FILE} is not from a deeplense_ssl pretrain run "
-            f"(kind={data.get('kind') if isinstance(data, dict) else None!r})."
-        )
-    return data
-
-
 def load_pretrained_backbone(
     run_dir: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -225,8 +190,6 @@ def load_pretrained_backbone(
         CheckpointError: missing or foreign folder, unfinished run (no ``backbone.pt``; resume
             it), or weights that do not match the recorded backbone.
     """
-    from .backbones import build_backbone
-
     run_dir = Path(run_dir)
     meta = read_run_config(run_dir)
     spec = meta["backbone_spec"]
@@ -268,6 +231,4 @@ def load_pretrained_backbone(
 
 def backbone_state_for_file(backbone: nn.Module) -> dict[str, torch.Tensor]:
     """The ``backbone.pt`` content: torchvision key layout (minus ``fc``), CPU tensors."""
-    from .backbones import backbone_state_dict_for_torchvision
-
     return backbone_state_dict_for_torchvision(backbone)

@@ -3,50 +3,258 @@
 Precedence, lowest to highest: dataclass defaults < YAML file (``--config``) < flags given
 explicitly on the command line. Every run folder stores its resolved config, and every
 checkpoint stores it together with the package version.
+
+Each field declares its type (``int``, ``float``, ``bool``, ``str``, ``X | None``,
+``list[X]``) and, in its metadata, its allowed range (``gt`` / ``ge`` / ``lt`` / ``le``) and
+choices. :func:`check_fields` checks every field against them, for flags, YAML values and
+configs built in Python alike: a value of the wrong type, NaN, inf or out of range is one
+:class:`~deeplense_ssl.errors.ConfigError` naming the field (and the YAML file it came from)
+before any command writes anything. Cross-field rules live in each class's ``validate``.
+
+The choice lists are defined where they are implemented (backbones, stems, heads, devices,
+mixed-precision modes, augmentation presets, attribution methods) and only imported here; the
+CLI reads its ``click.Choice`` lists and defaults back from these dataclasses
+(:func:`field_spec`). Imports run one way: implementing modules ->
+config -> training; no module imported here may import this one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from dataclasses import dataclass, field, fields
+import math
+import numbers
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import yaml
+
+from .attribution import METHODS as ATTRIBUTION_METHODS
+from .backbones import BACKBONES, STEMS
 from .errors import ConfigError
+from .heads import CLASSIFIER_HEADS
+from .methods import METHOD_NAMES as METHODS
+from .methods import get_method
+from .optim import OPTIMIZERS
+from .runtime import AMP_MODES, DEVICES
+from .transforms import PRESETS as AUGMENT_PRESETS
 
+# Choice lists whose implementing module cannot be imported here yet; each becomes one import
+# line once it can:
+# * NAN_POLICIES, NORMALIZATIONS -> ``from .cleaning import NAN_POLICIES, NORMALIZATIONS``
+#   (cleaning.py still imports them from this module);
+# * SIM_MODELS -> ``from .simulate import MODELS as SIM_MODELS`` (simulate.py imports this
+#   module for SimulateConfig);
+# * INITS belongs to finetune.py, which consumes FinetuneConfig, so it stays here.
 NAN_POLICIES = ("raise", "zero", "median", "interpolate", "drop")
 NORMALIZATIONS = ("none", "minmax", "zscore", "zscore-dataset", "asinh")
-METHODS = ("simclr", "contrastive-rotation", "contrastive-blur", "rotation", "blur")
-HEADS = ("linear", "mlp", "full")
+SIM_MODELS = ("model_i", "model_ii", "model_iii")
 INITS = ("pretrained", "random", "scratch")
+STORABLE_NORMALIZATIONS = tuple(n for n in NORMALIZATIONS if n != "zscore-dataset")
+
+BACKBONE_NAMES = tuple(BACKBONES)
+AUGMENTATIONS = tuple(AUGMENT_PRESETS)
+MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}.")
+def _field(
+    default: Any = MISSING,
+    *,
+    factory: Any = MISSING,
+    choices: tuple[str, ...] | None = None,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """A dataclass field whose metadata holds its allowed ``choices`` and range bounds.
+
+    For ``list[X]`` fields the choices and bounds apply to every element.
+    """
+    bounds = {"gt": gt, "ge": ge, "lt": lt, "le": le}
+    meta: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return dataclasses.field(default=default, default_factory=factory, metadata=meta)
 
 
-def _check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
+def _seed() -> Any:
+    return _field(0, ge=0, le=MAX_SEED)
+
+
+# ----------------------------------------------------------------------------- field checks
+
+
+def check_fields(cfg: Any, origin: Mapping[str, str] | None = None) -> None:
+    """Check every field of the config dataclass ``cfg`` by its declared type, range and choices.
+
+    Args:
+        cfg: an instance of one of this module's config dataclasses.
+        origin: field name -> where its value came from (e.g. the YAML file); named first in
+            the message when that field is wrong.
+
+    Raises:
+        ConfigError: the first wrong field, e.g. ``c.yaml: epochs must be an integer, got 'ten'
+            (str).``
+    """
+    hints = _type_hints(type(cfg))
+    for f in fields(cfg):
+        try:
+            _check_value(f.name, getattr(cfg, f.name), hints[f.name], f.metadata)
+        except ConfigError as exc:
+            where = (origin or {}).get(f.name)
+            if where is None:
+                raise
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> None:
+    """Type, then range and choices, of one field value (of every element for lists)."""
+    hint, optional = _strip_optional(hint)
     if value is None:
+        if optional:
+            return
+        raise ConfigError(f"{name} must be {_describe(hint)}, got None.")
+    items = [value]
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name} must be {_describe(hint)}, got {value!r}.")
+        items = list(value)
+    item_type = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
+    for item in items:
+        if not _has_type(item, item_type):
+            what = f"{item!r} ({type(item).__name__})"
+            got = f"got {what}" if item is value else f"but item {what} is not"
+            raise ConfigError(f"{name} must be {_describe(hint)}, {got}.")
+        _check_range(name, item, meta)
+    choices = meta.get("choices")
+    if choices is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}.")
+    unknown = [item for item in items if item not in choices]
+    if unknown and item_type is hint:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}.")
+    if unknown:
+        raise ConfigError(
+            f"{name}: unknown value(s) {', '.join(map(str, unknown))}; choose from "
+            f"{', '.join(choices)}."
+        )
+
+
+def _strip_optional(hint: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; any other hint -> ``(hint, False)``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) != len(typing.get_args(hint)) and len(args) == 1:
+            return args[0], True
+    return hint, False
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return (
+            isinstance(value, numbers.Real)
+            and not isinstance(value, bool)
+            and math.isfinite(float(value))
+        )
+    if hint is str:
+        return isinstance(value, str)
+    raise TypeError(f"config fields of type {hint!r} are not supported")  # programming error
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
+    names = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    return names[hint]
+
+
+def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if not isinstance(value, numbers.Real):
+        return
+    gt, ge, lt, le = (meta.get(k) for k in ("gt", "ge", "lt", "le"))
+    low_ok = (gt is None or value > gt) and (ge is None or value >= ge)
+    high_ok = (lt is None or value < lt) and (le is None or value <= le)
+    if low_ok and high_ok:
+        return
+    low = f"> {gt}" if gt is not None else f">= {ge}" if ge is not None else None
+    high = f"< {lt}" if lt is not None else f"<= {_fmt_bound(le)}" if le is not None else None
+    if low and high:
+        bound = (
+            f"in {'(' if gt is not None else '['}{gt if gt is not None else ge}, "
+            f"{lt if lt is not None else _fmt_bound(le)}{')' if lt is not None else ']'}"
+        )
+    else:
+        bound = low or high
+    raise ConfigError(f"{name} must be {bound}, got {value}.")
+
+
+def _fmt_bound(bound: Any) -> str:
+    """``18446744073709551615`` -> ``2**64 - 1``; other bounds as they are."""
+    if isinstance(bound, int) and bound > 2**16 and (bound + 1).bit_count() == 1:
+        return f"2**{(bound + 1).bit_length() - 1} - 1"
+    return str(bound)
+
+
+class FieldSpec(NamedTuple):
+    """What the CLI (and docs) need to know about one config field."""
+
+    name: str
+    type: Any  # int, float, bool or str (of the elements, for lists)
+    optional: bool  # None is allowed
+    many: bool  # a list of ``type``
+    default: Any  # a fresh copy
+    choices: tuple[str, ...] | None  # allowed values (of every element, for lists)
+
+
+def field_spec(cls: type, name: str) -> FieldSpec:
+    """The declared type, default and choices of field ``name`` of the config dataclass ``cls``.
+
+    Raises:
+        KeyError: ``cls`` has no field ``name``.
+    """
+    f = _fields_of(cls)[name]
+    hint, optional = _strip_optional(_type_hints(cls)[name])
+    many = typing.get_origin(hint) is list
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    return FieldSpec(
+        name=name,
+        type=typing.get_args(hint)[0] if many else hint,
+        optional=optional,
+        many=many,
+        default=default,
+        choices=f.metadata.get("choices"),
+    )
+
+
+def _fields_of(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(cls)}
+
+
+# ----------------------------------------------------------------------------- the configs
 
 
 @dataclass
 class DataOptions:
     """Options for reading images that every command that reads data shares (flattened in)."""
 
-    nan_policy: str = "raise"
-    normalize: str = "minmax"
-    image_size: int | None = None
+    nan_policy: str = _field("raise", choices=NAN_POLICIES)
+    normalize: str = _field("minmax", choices=NORMALIZATIONS)
+    image_size: int | None = _field(None, gt=0)
     allow_pickle: bool = False
-
-    def _validate_data(self) -> None:
-        _check_choice("nan_policy", self.nan_policy, NAN_POLICIES)
-        _check_choice("normalize", self.normalize, NORMALIZATIONS)
-        _check_positive("image_size", self.image_size)
 
 
 @dataclass
@@ -54,18 +262,17 @@ class SimulateConfig:
     """``deeplense-ssl simulate``: lenstronomy scenes like DeepLense Models I-III."""
 
     out: str = "sim.h5"
-    model: str = "model_ii"
-    n_per_class: int = 100
-    seed: int = 0
-    workers: int = 1
-    image_size: int | None = None  # None: the model's native size (150 for model_i, 64 otherwise)
+    model: str = _field("model_ii", choices=SIM_MODELS)
+    n_per_class: int = _field(100, gt=0)
+    seed: int = _seed()
+    workers: int = _field(1, gt=0)
+    # None: the model's native size (150 for model_i, 64 otherwise)
+    image_size: int | None = _field(None, gt=0)
     noise: bool = True
 
     def validate(self) -> None:
-        _check_choice("model", self.model, ("model_i", "model_ii", "model_iii"))
-        _check_positive("n_per_class", self.n_per_class)
-        _check_positive("workers", self.workers)
-        _check_positive("image_size", self.image_size)
+        """Check the fields (:func:`check_fields`)."""
+        check_fields(self)
 
 
 @dataclass
@@ -74,7 +281,8 @@ class ConvertConfig(DataOptions):
 
     src: str = ""
     out: str = "data.h5"
-    normalize: str = "none"  # convert keeps physical values; normalise when training
+    # convert keeps physical values (normalise when training); zscore-dataset needs a split
+    normalize: str = _field("none", choices=STORABLE_NORMALIZATIONS)
     labels_csv: str | None = None
     label_pattern: str | None = None
     labels_file: str | None = None  # labels of a single stacked .npy/FITS (.npy or text)
@@ -82,14 +290,15 @@ class ConvertConfig(DataOptions):
     labels_key: str | None = None  # label dataset name in HDF5/.npz when ambiguous
 
     def validate(self) -> None:
-        self._validate_data()
-        if not self.src:
-            raise ConfigError("convert needs a source path (SRC).")
+        """Check the fields, then that there is a source and a storable normalisation."""
         if self.normalize == "zscore-dataset":
             raise ConfigError(
                 "convert cannot apply normalize=zscore-dataset (it needs the training split); "
                 "keep 'none' and normalise when training."
             )
+        check_fields(self)
+        if not self.src:
+            raise ConfigError("convert needs a source path (SRC).")
 
 
 @dataclass
@@ -98,67 +307,53 @@ class PretrainConfig(DataOptions):
 
     data: str = ""
     out: str = "runs/pretrain"
-    method: str = "simclr"
-    backbone: str = "resnet18"
-    stem: str = "imagenet"
-    epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimiser steps (tests, smoke runs)
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float | None = None  # None: base_lr * batch_size / 256
-    base_lr: float = 0.3
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    warmup_epochs: float = 1.0
-    grad_clip: float | None = None
-    temperature: float = 0.1
-    n_views: int = 2
-    proj_hidden_dim: int = 512
-    proj_out_dim: int = 128
-    proj_layers: int = 2
-    augment: str = "lensing"  # "lensing" | "cifar"
-    blur_sigmas_px: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 3.0])
-    noise_std: float = 0.1
-    amp: str = "auto"  # auto | bf16 | fp16 | off
+    method: str = _field("simclr", choices=METHODS)
+    backbone: str = _field("resnet18", choices=BACKBONE_NAMES)
+    stem: str = _field("imagenet", choices=STEMS)
+    epochs: int = _field(10, gt=0)
+    # stop after this many optimiser steps (tests, smoke runs)
+    max_steps: int | None = _field(None, gt=0)
+    batch_size: int = _field(128, gt=0)
+    optimizer: str = _field("sgd", choices=OPTIMIZERS)
+    lr: float | None = _field(None, gt=0)  # None: base_lr * batch_size / 256
+    base_lr: float = _field(0.3, gt=0)
+    weight_decay: float = _field(1e-6, ge=0)
+    momentum: float = _field(0.9, ge=0, lt=1)
+    warmup_epochs: float = _field(1.0, ge=0)
+    grad_clip: float | None = _field(None, gt=0)
+    temperature: float = _field(0.1, gt=0)
+    n_views: int = _field(2, ge=1)
+    proj_hidden_dim: int = _field(512, gt=0)
+    proj_out_dim: int = _field(128, gt=0)
+    proj_layers: int = _field(2, ge=1)
+    augment: str = _field("lensing", choices=AUGMENTATIONS)
+    blur_sigmas_px: list[float] = _field(factory=lambda: [0.0, 1.0, 2.0, 3.0], ge=0)
+    noise_std: float = _field(0.1, ge=0)
+    # momentum target networks (byol, dino): EMA momentum at step 0; None = the method's default
+    ema_momentum: float | None = _field(None, ge=0, lt=1)
+    n_local_views: int = _field(4, ge=0)  # dino: native-scale local views besides 2 global
+    local_view_size: int | None = _field(None, ge=2)  # dino: None = half the image side
+    dino_out_dim: int = _field(1024, gt=0)  # dino: prototypes K (paper 65536)
+    teacher_temperature: float = _field(0.04, gt=0)  # dino: teacher softmax temperature
+    amp: str = _field("auto", choices=AMP_MODES)
     channels_last: bool = True
     compile: bool = False
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every_steps: int = 200
+    seed: int = _seed()
+    device: str = _field("auto", choices=DEVICES)
+    checkpoint_every_steps: int = _field(200, gt=0)
     knn_monitor: bool = False
-    knn_val_fraction: float = 0.1
+    knn_val_fraction: float = _field(0.1, gt=0, lt=1)
     resume: bool = False
-    log_every_steps: int = 10  # metrics.jsonl line + NaN/inf check every N steps and at checkpoints
+    # metrics.jsonl line + NaN/inf check every N steps and at checkpoints
+    log_every_steps: int = _field(10, gt=0)
     sync_batchnorm: bool = True  # multi-GPU DDP: SyncBatchNorm (statistics over the global batch)
 
     def validate(self) -> None:
-        self._validate_data()
+        """Check the fields, then the data path and the method's own needs (``Method.validate``)."""
+        check_fields(self)
         if not self.data:
             raise ConfigError("pretrain needs --data.")
-        _check_choice("method", self.method, METHODS)
-        _check_choice("optimizer", self.optimizer, ("sgd", "adamw", "lars"))
-        _check_choice("stem", self.stem, ("imagenet", "cifar", "small"))
-        _check_choice("augment", self.augment, ("lensing", "cifar"))
-        _check_choice("amp", self.amp, ("auto", "bf16", "fp16", "off"))
-        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
-        _check_positive("epochs", self.epochs)
-        _check_positive("batch_size", self.batch_size)
-        _check_positive("temperature", self.temperature)
-        _check_positive("lr", self.lr)
-        _check_positive("max_steps", self.max_steps)
-        _check_positive("checkpoint_every_steps", self.checkpoint_every_steps)
-        _check_positive("log_every_steps", self.log_every_steps)
-        if self.n_views < 2 and self.method.startswith(("simclr", "contrastive")):
-            raise ConfigError(f"n_views must be >= 2 for {self.method}, got {self.n_views}.")
-        if self.method == "blur" and len(self.blur_sigmas_px) < 2:
-            raise ConfigError("blur pretext needs at least two blur_sigmas_px levels.")
-
-
-def _validate_data_auto(cfg: DataOptions) -> None:
-    """Data options where ``normalize='auto'`` means "as the run this one builds on"."""
-    _check_choice("normalize", cfg.normalize, ("auto",) + NORMALIZATIONS)
-    _check_choice("nan_policy", cfg.nan_policy, NAN_POLICIES)
-    _check_positive("image_size", cfg.image_size)
+        get_method(self.method).validate(self)
 
 
 @dataclass
@@ -168,42 +363,36 @@ class FinetuneConfig(DataOptions):
     data: str = ""
     out: str = "runs/finetune"
     checkpoint: str | None = None  # a pretrain run folder; None with init='scratch'/'random'
-    head: str = "linear"
-    init: str = "pretrained"  # pretrained | random (frozen random backbone) | scratch (supervised)
-    backbone: str = "resnet18"  # used only when there is no checkpoint
-    stem: str = "imagenet"
-    label_fraction: float = 1.0
-    val_fraction: float = 0.15
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float | None = None  # None: a head-dependent default
-    backbone_lr_scale: float = 0.1  # full fine-tune: backbone lr = lr * this
-    weight_decay: float = 1e-4
-    mlp_hidden_dim: int = 512
+    head: str = _field("linear", choices=CLASSIFIER_HEADS)
+    # pretrained | random (frozen random backbone) | scratch (supervised)
+    init: str = _field("pretrained", choices=INITS)
+    backbone: str = _field("resnet18", choices=BACKBONE_NAMES)  # only without a checkpoint
+    stem: str = _field("imagenet", choices=STEMS)
+    label_fraction: float = _field(1.0, gt=0, le=1)
+    val_fraction: float = _field(0.15, gt=0, lt=1)
+    epochs: int = _field(30, gt=0)
+    batch_size: int = _field(128, gt=0)
+    lr: float | None = _field(None, gt=0)  # None: a head-dependent default
+    backbone_lr_scale: float = _field(0.1, ge=0)  # full fine-tune: backbone lr = lr * this
+    weight_decay: float = _field(1e-4, ge=0)
+    mlp_hidden_dim: int = _field(512, gt=0)
     augment: bool = True  # dihedral augmentation when the backbone is trained
     feature_dihedral: bool = True  # frozen backbone: also cache features of 8 dihedral copies
-    normalize: str = "auto"  # auto: the pretrain run's normalisation (minmax without one)
-    seed: int = 0
-    device: str = "auto"
+    # auto: the pretrain run's normalisation (minmax without one)
+    normalize: str = _field("auto", choices=("auto", *NORMALIZATIONS))
+    seed: int = _seed()
+    device: str = _field("auto", choices=DEVICES)
 
     def validate(self) -> None:
-        _validate_data_auto(self)
+        """Check the fields, then the data path and that a pretrained init has a checkpoint."""
+        check_fields(self)
         if not self.data:
             raise ConfigError("finetune needs --data.")
-        _check_choice("head", self.head, HEADS)
-        _check_choice("init", self.init, INITS)
-        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         if self.init == "pretrained" and not self.checkpoint:
             raise ConfigError(
                 "finetune needs --checkpoint RUN_DIR (a pretrain run), or --from-scratch / "
                 "--random-init for the baselines."
             )
-        if not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"label_fraction must be in (0, 1], got {self.label_fraction}.")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
-        _check_positive("epochs", self.epochs)
-        _check_positive("batch_size", self.batch_size)
 
 
 @dataclass
@@ -213,52 +402,46 @@ class EvaluateConfig(DataOptions):
     checkpoint: str = ""  # a finetune run folder
     data: str = ""
     out: str = ""  # metrics.json path; "": <checkpoint>/metrics.json
-    n_bootstrap: int = 1000
-    ci_level: float = 0.95
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    batch_size: int = 256
-    ood_classes: list[str] = field(default_factory=list)
-    normalize: str = "auto"  # auto: the finetune run's normalisation
-    seed: int = 0
-    device: str = "auto"
+    n_bootstrap: int = _field(1000, ge=0)
+    ci_level: float = _field(0.95, gt=0, lt=1)
+    knn_k: int = _field(20, gt=0)
+    knn_temperature: float = _field(0.07, gt=0)
+    batch_size: int = _field(256, gt=0)
+    ood_classes: list[str] = _field(factory=list)
+    # auto: the finetune run's normalisation
+    normalize: str = _field("auto", choices=("auto", *NORMALIZATIONS))
+    seed: int = _seed()
+    device: str = _field("auto", choices=DEVICES)
 
     def validate(self) -> None:
-        _validate_data_auto(self)
+        """Check the fields, then that a run folder and test data are given."""
+        check_fields(self)
         if not self.checkpoint or not self.data:
             raise ConfigError("evaluate needs --checkpoint RUN_DIR and --data TEST.")
-        if not 0 < self.ci_level < 1:
-            raise ConfigError(f"ci_level must be in (0, 1), got {self.ci_level}.")
-        _check_positive("n_bootstrap", self.n_bootstrap, allow_zero=True)
-        _check_positive("knn_k", self.knn_k)
 
 
 @dataclass
 class ReportConfig:
     """``deeplense-ssl report``: one self-contained HTML file from run folders."""
 
-    runs: list[str] = field(default_factory=list)
+    runs: list[str] = _field(factory=list)
     out: str = "report.html"
-    n_attribution_examples: int = 2  # per class
-    attribution_methods: list[str] = field(
-        default_factory=lambda: ["integrated_gradients", "saliency", "gradcam"]
+    n_attribution_examples: int = _field(2, ge=0)  # per class
+    attribution_methods: list[str] = _field(
+        factory=lambda: list(ATTRIBUTION_METHODS), choices=ATTRIBUTION_METHODS
     )
     tsne: bool = True
-    seed: int = 0
-    device: str = "auto"
+    seed: int = _seed()
+    device: str = _field("auto", choices=DEVICES)
 
     def validate(self) -> None:
+        """Check the fields, then that there is at least one run."""
+        check_fields(self)
         if not self.runs:
             raise ConfigError("report needs at least one run folder.")
-        methods = ("integrated_gradients", "saliency", "gradcam")
-        unknown = [m for m in self.attribution_methods if m not in methods]
-        if unknown:
-            raise ConfigError(
-                f"unknown attribution method(s) {', '.join(unknown)}; choose from "
-                f"{', '.join(methods)}."
-            )
-        _check_positive("n_attribution_examples", self.n_attribution_examples, allow_zero=True)
-        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+
+
+# ----------------------------------------------------------------------------- sources
 
 
 T = TypeVar("T")
@@ -275,13 +458,13 @@ def config_from_sources(
         overrides: values given explicitly (e.g. command-line flags); they win over the file.
 
     Raises:
-        ConfigError: unknown keys, unreadable file, or invalid values.
+        ConfigError: unknown keys, unreadable file, or invalid values (naming the field, and
+            the file when the value came from it).
     """
-    values: dict[str, Any] = {}
-    if yaml_path is not None:
-        values.update(_read_mapping(Path(yaml_path)))
-    values.update(overrides or {})
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    from_file = _read_mapping(Path(yaml_path)) if yaml_path is not None else {}
+    overrides = dict(overrides or {})
+    values = {**from_file, **overrides}
+    names = set(_fields_of(cls))
     unknown = sorted(set(values) - names)
     if unknown:
         where = f" in {yaml_path}" if yaml_path else ""
@@ -290,13 +473,12 @@ def config_from_sources(
             f"Known: {', '.join(sorted(names))}."
         )
     cfg = cls(**values)
+    check_fields(cfg, origin={k: str(yaml_path) for k in from_file if k not in overrides})
     cfg.validate()  # type: ignore[attr-defined]
     return cfg
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
-    import yaml
-
     try:
         text = path.read_text()
     except OSError as exc:

@@ -12,7 +12,8 @@ With ``normalize="zscore-dataset"`` the images are left in physical units until
 split only and applies them to every image (``LensingDataset`` refuses un-normalised data).
 
 The same cleaning path (layout/dtype -> NaN policy -> size -> normalisation) is used by
-:func:`convert_dataset` (streaming into HDF5) and by :func:`summarize` (``inspect``).
+:func:`convert_dataset` (streaming into HDF5) and by :func:`summarize` (``inspect``, raw
+statistics; :mod:`deeplense_ssl.datacards` renders them).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from . import __version__
 from .cleaning import (
+    NAN_POLICIES,
+    NORMALIZATIONS,
     NanReport,
     NormStats,
     apply_nan_policy,
@@ -40,9 +44,9 @@ from .cleaning import (
     to_chw_float32,
     to_nchw_float32,
 )
-from .config import NAN_POLICIES, NORMALIZATIONS
 from .errors import ConfigError, DataError
-from .io import HDF5Writer, Source, open_source, write_text_atomic
+from .io import HDF5Writer, Source, open_source
+from .runs import to_jsonable
 
 __all__ = [
     "ImageSet",
@@ -54,7 +58,6 @@ __all__ = [
     "label_fraction_subset",
     "load_dataset",
     "make_splits",
-    "render_data_card",
     "stratified_split",
     "summarize",
 ]
@@ -208,36 +211,52 @@ def _clean_blocks(
             raw, params = src.read_block(start, stop, out=buffer(stop - start))
         else:
             raw, params = src.read_block(start, stop)
-        if src.stacked:
-            arr = to_nchw_float32(raw, path=src.path, start=start)
-            counts = count_nonfinite(arr)
-            arr, kept, report = apply_nan_policy(
-                arr, nan_policy, path=src.path, start=start, counts=counts
-            )
-            arr = fit_size(arr, image_size, fit_mode, path=src.path)
-        else:
-            files = src.files[start : start + len(raw)]  # type: ignore[attr-defined]
-            parts, kept_list, count_list, report = [], [], [], NanReport(policy=nan_policy)
-            for j, (image, file) in enumerate(zip(raw, files, strict=True)):
-                one = to_chw_float32(image, path=file)[None]
-                count = count_nonfinite(one)
-                count_list.append(int(count[0]))
-                one, kept_one, rep = apply_nan_policy(
-                    one, nan_policy, sources=[str(file)], counts=count
-                )
-                report = report + rep
-                if len(kept_one):
-                    parts.append(fit_size(one, image_size, fit_mode, path=file))
-                    kept_list.append(j)
-            kept = np.array(kept_list, np.int64)
-            counts = np.array(count_list, np.int64)
-            arr = _stack_same_shape(parts, [files[j] for j in kept_list])
+        clean = _clean_stacked if src.stacked else _clean_files
+        arr, kept, counts, report = clean(src, raw, start, nan_policy, image_size, fit_mode)
         params = {k: np.asarray(v)[kept] for k, v in params.items()}
         if scale != "none":
             # In place is safe: a block is read once from a source that is closed afterwards;
             # read-only memory maps are copied.
             arr = normalize_images(arr, scale, stats, copy=not arr.flags.writeable)
         yield _Block(arr, start + kept, counts[kept], params, report)
+
+
+_Cleaned = tuple[np.ndarray, np.ndarray, np.ndarray, NanReport]
+"""(kept images (M, C, H, W), kept positions in the block (M,), NaN counts (B,), report)."""
+
+
+def _clean_stacked(
+    src: Source, raw: np.ndarray, start: int, policy: str, size: int | None, fit_mode: str
+) -> _Cleaned:
+    """Clean one block of a stacked source (one array holding many images)."""
+    arr = to_nchw_float32(raw, path=src.path, start=start)
+    counts = count_nonfinite(arr)
+    arr, kept, report = apply_nan_policy(arr, policy, path=src.path, start=start, counts=counts)
+    return fit_size(arr, size, fit_mode, path=src.path), kept, counts, report
+
+
+def _clean_files(
+    src: Source,
+    raw: Sequence[np.ndarray],
+    start: int,
+    policy: str,
+    size: int | None,
+    fit_mode: str,
+) -> _Cleaned:
+    """Clean one block of a folder source (one file per image, shapes may differ)."""
+    files = src.files[start : start + len(raw)]  # type: ignore[attr-defined]
+    parts, kept_list, count_list, report = [], [], [], NanReport(policy=policy)
+    for j, (image, file) in enumerate(zip(raw, files, strict=True)):
+        one = to_chw_float32(image, path=file)[None]
+        count = count_nonfinite(one)
+        count_list.append(int(count[0]))
+        one, kept_one, rep = apply_nan_policy(one, policy, sources=[str(file)], counts=count)
+        report = report + rep
+        if len(kept_one):
+            parts.append(fit_size(one, size, fit_mode, path=file))
+            kept_list.append(j)
+    arr = _stack_same_shape(parts, [files[j] for j in kept_list])
+    return arr, np.array(kept_list, np.int64), np.array(count_list, np.int64), report
 
 
 def _stack_same_shape(parts: list[np.ndarray], files: list[Path]) -> np.ndarray:
@@ -263,11 +282,25 @@ def _shape_error(shape: tuple, first: tuple, first_src: object, where: object, i
     )
 
 
-def _progress(total: int, desc: str, progress: bool | None) -> Any:
-    from tqdm.auto import tqdm
+def _check_block_shape(src: Source, block: _Block, shape: tuple, first_src: object) -> None:
+    """Raise the :func:`_shape_error` of ``block`` if its images are not ``shape``."""
+    if block.images.shape[1:] != tuple(shape):
+        where, idx = _where(src, int(block.index[0]))
+        raise _shape_error(block.images.shape[1:], tuple(shape), first_src, where, idx)
 
+
+def _where(src: Source, i: int) -> tuple[object, int | None]:
+    if src.stacked:
+        return src.path, i
+    return src.files[i], None  # type: ignore[attr-defined]
+
+
+def _progress(total: int, desc: str, progress: bool | None) -> Any:
     disable = (total < 2048 or None) if progress is None else not progress
     return tqdm(total=total, desc=desc, unit="img", disable=disable, leave=False)
+
+
+# ----------------------------------------------------------------------------- load
 
 
 def load_dataset(
@@ -291,8 +324,10 @@ def load_dataset(
     Args:
         path: our HDF5, a DeepLense ``<root>/<class>/*.npy`` folder, a flat folder, ``.npy``,
             ``.npz``, generic HDF5 or FITS (see :mod:`deeplense_ssl.io`).
-        nan_policy: ``raise`` | ``zero`` | ``median`` | ``interpolate`` | ``drop``.
-        normalize: ``none`` | ``minmax`` | ``zscore`` | ``zscore-dataset`` | ``asinh``.
+        nan_policy: one of :data:`~deeplense_ssl.cleaning.NAN_POLICIES` (``raise`` | ``zero``
+            | ``median`` | ``interpolate`` | ``drop``).
+        normalize: one of :data:`~deeplense_ssl.cleaning.NORMALIZATIONS` (``none`` |
+            ``minmax`` | ``zscore`` | ``zscore-dataset`` | ``asinh``).
         image_size: bring every image to this side in pixels (centre crop if larger, bilinear
             resize if smaller; see :func:`cleaning.fit_size`); None keeps the stored size and
             requires all images to share it.
@@ -317,87 +352,122 @@ def load_dataset(
     if isinstance(norm_stats, dict):
         norm_stats = NormStats.from_dict(norm_stats)
     with open_source(path, allow_pickle=allow_pickle, **reader_kwargs) as src:
-        n = len(src)
-        images: np.ndarray | None = None
-        index, counts = np.empty(n, np.int64), np.empty(n, np.int64)
-        params: dict[str, np.ndarray] = {}
-        report = NanReport(policy=nan_policy)
-        pos = 0
-        first_src: object = None
+        # float32 HDF5 of ours: read straight into the final array
         direct = getattr(src, "direct_shape", None) if image_size is None else None
-        buffer = None
-        if direct is not None:  # read straight into the final array (float32 HDF5, ours)
-            images = np.empty((n, *direct), np.float32)
-
-            def buffer(b: int) -> np.ndarray:
-                return images[pos : pos + b]
-
-        bar = _progress(n, f"loading {Path(path).name}", progress)
+        parts = _Assembly(src, direct, nan_policy)
+        blocks = _clean_blocks(
+            src,
+            nan_policy=nan_policy,
+            image_size=image_size,
+            fit_mode=fit_mode,
+            normalize=normalize,
+            stats=norm_stats,
+            block_size=block_size,
+            buffer=None if direct is None else parts.buffer,
+        )
+        bar = _progress(len(src), f"loading {Path(path).name}", progress)
         try:
-            blocks = _clean_blocks(
-                src,
-                nan_policy=nan_policy,
-                image_size=image_size,
-                fit_mode=fit_mode,
-                normalize=normalize,
-                stats=norm_stats,
-                block_size=block_size,
-                buffer=buffer,
-            )
             for block in blocks:
-                report = report + block.report
-                m = len(block.images)
-                bar.update(m + block.report.images_dropped)
-                if m == 0:
-                    continue
-                if images is None:
-                    images = np.empty((n, *block.images.shape[1:]), np.float32)
-                if first_src is None:
-                    first_src = src.sources[int(block.index[0])]
-                elif block.images.shape[1:] != images.shape[1:]:
-                    bad = int(block.index[0])
-                    where, idx = _where(src, bad)
-                    raise _shape_error(
-                        block.images.shape[1:], images.shape[1:], first_src, where, idx
-                    )
-                if not _same_memory(block.images, images[pos : pos + m]):
-                    images[pos : pos + m] = block.images
-                index[pos : pos + m] = block.index
-                counts[pos : pos + m] = block.nan_counts
-                for key, value in block.params.items():
-                    if key not in params:
-                        params[key] = np.full((n, *value.shape[1:]), np.nan)
-                    params[key][pos : pos + m] = value
-                pos += m
+                parts.add(block)
+                bar.update(len(block.images) + block.report.images_dropped)
         finally:
             bar.close()
-        if images is None:
+        options = {
+            "nan_policy": nan_policy,
+            "normalize": normalize,
+            "image_size": image_size,
+            "fit_mode": fit_mode,
+        }
+        return parts.image_set(path, options, norm_stats)
+
+
+class _Assembly:
+    """Cleaned blocks of one source gathered into one preallocated ``(N, C, H, W)`` array.
+
+    Args:
+        src: the open source.
+        direct_shape: (C, H, W) to preallocate now, so that blocks can be read straight into
+            :meth:`buffer`; None allocates at the first block.
+        nan_policy: the policy, for the merged :class:`NanReport`.
+    """
+
+    def __init__(self, src: Source, direct_shape: tuple | None, nan_policy: str) -> None:
+        n = len(src)
+        self.src = src
+        self.images: np.ndarray | None = None
+        if direct_shape is not None:
+            self.images = np.empty((n, *direct_shape), np.float32)
+        self.index, self.counts = np.empty(n, np.int64), np.empty(n, np.int64)
+        self.params: dict[str, np.ndarray] = {}
+        self.report = NanReport(policy=nan_policy)
+        self.pos = 0
+        self.first_src: object = None
+
+    def buffer(self, b: int) -> np.ndarray:
+        """Where the next ``b`` images land (a view of the preallocated array)."""
+        assert self.images is not None
+        return self.images[self.pos : self.pos + b]
+
+    def add(self, block: _Block) -> None:
+        """Append the kept images of ``block`` (no copy if they were read in place)."""
+        self.report = self.report + block.report
+        m, pos = len(block.images), self.pos
+        if m == 0:
+            return
+        if self.images is None:
+            self.images = np.empty((len(self.src), *block.images.shape[1:]), np.float32)
+        if self.first_src is None:
+            self.first_src = self.src.sources[int(block.index[0])]
+        else:
+            _check_block_shape(self.src, block, self.images.shape[1:], self.first_src)
+        if not _same_memory(block.images, self.images[pos : pos + m]):
+            self.images[pos : pos + m] = block.images
+        self.index[pos : pos + m] = block.index
+        self.counts[pos : pos + m] = block.nan_counts
+        for key, value in block.params.items():
+            if key not in self.params:
+                self.params[key] = np.full((len(self.src), *value.shape[1:]), np.nan)
+            self.params[key][pos : pos + m] = value
+        self.pos += m
+
+    def image_set(
+        self, path: str | Path, options: dict[str, Any], norm_stats: NormStats | None
+    ) -> ImageSet:
+        """The :class:`ImageSet` of the blocks added so far.
+
+        Args:
+            path: the source path (for the error when every image was dropped).
+            options: ``nan_policy``, ``normalize``, ``image_size``, ``fit_mode``, stored in
+                ``meta``.
+            norm_stats: applied ``zscore-dataset`` statistics, if any.
+
+        Raises:
+            DataError: every image was dropped by the NaN policy.
+        """
+        src, pos = self.src, self.pos
+        if self.images is None:
             raise DataError(
-                f"all {n} images were dropped by nan_policy='drop'; use another NaN policy.",
+                f"all {len(src)} images were dropped by nan_policy='drop'; use another NaN policy.",
                 path,
             )
         meta = {k: v for k, v in src.meta.items() if k != "nan_counts"}
         stored = src.meta.get("nan_counts")
-        index = index[:pos]
-        counts = counts[:pos] + (stored[index] if stored is not None else 0)
+        index = self.index[:pos]
         meta.update(
-            nan_policy=nan_policy,
-            normalize=normalize,
-            image_size=image_size,
-            fit_mode=fit_mode,
-            nan_counts=counts,
+            **options,
+            nan_counts=self.counts[:pos] + (stored[index] if stored is not None else 0),
             source_index=index,
-            params={k: v[:pos] for k, v in params.items()},
-            normalize_pending=normalize == "zscore-dataset" and norm_stats is None,
+            params={k: v[:pos] for k, v in self.params.items()},
+            normalize_pending=options["normalize"] == "zscore-dataset" and norm_stats is None,
         )
         if norm_stats is not None:
             meta["norm_stats"] = norm_stats.to_dict()
         return ImageSet(
-            images=images[:pos] if pos < n else images,
+            images=self.images[:pos] if pos < len(src) else self.images,
             labels=src.labels[index].copy(),
             class_names=list(src.class_names),
             sources=[src.sources[i] for i in index],
-            nan_report=report,
+            nan_report=self.report,
             meta=meta,
         )
 
@@ -409,12 +479,6 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
         and a.strides == b.strides
         and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
     )
-
-
-def _where(src: Source, i: int) -> tuple[object, int | None]:
-    if src.stacked:
-        return src.path, i
-    return src.files[i], None  # type: ignore[attr-defined]
 
 
 # ----------------------------------------------------------------------------- splits
@@ -569,7 +633,6 @@ def convert_dataset(
             "normalize='none' and normalise when training."
         )
     with open_source(src_path, allow_pickle=allow_pickle, **reader_kwargs) as src:
-        n = len(src)
         blocks = _clean_blocks(
             src,
             nan_policy=nan_policy,
@@ -579,71 +642,94 @@ def convert_dataset(
             stats=None,
             block_size=block_size,
         )
-        report = NanReport(policy=nan_policy)
-        stored = src.meta.get("nan_counts")
-        provenance = {
-            "source": str(Path(src_path).resolve()),
-            "source_kind": src.kind,
-            "source_images": n,
-            "reader_options": {k: str(v) for k, v in reader_kwargs.items() if v is not None},
-            "allow_pickle": allow_pickle,
-            "fit_mode": fit_mode,
-            "created_by": f"deeplense_ssl {__version__} convert",
+        attrs: dict[str, Any] = {
+            "nan_policy": nan_policy,
+            "normalize": normalize,
+            "image_size": image_size if image_size is not None else "native",
+            "provenance": _provenance(src_path, src, reader_kwargs, allow_pickle, fit_mode),
         }
-        writer: HDF5Writer | None = None
-        bar = _progress(n, f"converting {Path(src_path).name}", progress)
-        first_src: object = None
+        if "labelled" in src.meta:
+            attrs["labelled"] = int(bool(src.meta["labelled"]))
+        bar = _progress(len(src), f"converting {Path(src_path).name}", progress)
         try:
-            for block in blocks:
-                report = report + block.report
-                bar.update(len(block.index) + block.report.images_dropped)
-                if len(block.images) == 0:
-                    continue
-                if writer is None:
-                    attrs = {
-                        "nan_policy": nan_policy,
-                        "normalize": normalize,
-                        "image_size": image_size if image_size is not None else "native",
-                        "provenance": provenance,
-                    }
-                    if "labelled" in src.meta:
-                        attrs["labelled"] = int(bool(src.meta["labelled"]))
-                    writer = HDF5Writer(
-                        out,
-                        n,
-                        block.images.shape[1:],
-                        src.class_names,
-                        attrs=attrs,
-                        chunk_images=chunk_images,
-                    ).__enter__()
-                    first_src = src.sources[int(block.index[0])]
-                elif block.images.shape[1:] != writer.image_shape:
-                    where, idx = _where(src, int(block.index[0]))
-                    raise _shape_error(
-                        block.images.shape[1:], writer.image_shape, first_src, where, idx
-                    )
-                counts = block.nan_counts + (stored[block.index] if stored is not None else 0)
-                writer.append(
-                    block.images,
-                    src.labels[block.index],
-                    sources=[src.sources[i] for i in block.index],
-                    nan_counts=counts,
-                    params=block.params,
-                )
-            if writer is None:
-                raise DataError(
-                    f"all {n} images were dropped by nan_policy='drop'; nothing to write.",
-                    src_path,
-                )
-            writer.attrs["nan_report"] = dict(report.__dict__)
-        except BaseException as exc:
+            report = _write_blocks(src, blocks, out, attrs, chunk_images, bar)
+        finally:
             bar.close()
-            if writer is not None:
-                writer.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        bar.close()
-        writer.__exit__(None, None, None)
     return Path(out), report
+
+
+def _provenance(
+    src_path: str | Path,
+    src: Source,
+    reader_kwargs: dict[str, Any],
+    allow_pickle: bool,
+    fit_mode: str,
+) -> dict[str, Any]:
+    """Where a converted file came from and how it was read (its ``provenance`` attribute)."""
+    return {
+        "source": str(Path(src_path).resolve()),
+        "source_kind": src.kind,
+        "source_images": len(src),
+        "reader_options": {k: str(v) for k, v in reader_kwargs.items() if v is not None},
+        "allow_pickle": allow_pickle,
+        "fit_mode": fit_mode,
+        "created_by": f"deeplense_ssl {__version__} convert",
+    }
+
+
+def _write_blocks(
+    src: Source,
+    blocks: Iterator[_Block],
+    out: str | Path,
+    attrs: dict[str, Any],
+    chunk_images: int,
+    bar: Any,
+) -> NanReport:
+    """Append every cleaned block to a new HDF5 file at ``out`` (created at the first kept image).
+
+    The writer is closed on success (which renames the file into place) and aborted on any
+    error, Ctrl-C included, so nothing is left at ``out``.
+
+    Returns:
+        The merged NaN report, also stored as the ``nan_report`` attribute.
+    """
+    report = NanReport(policy=attrs["nan_policy"])
+    stored = src.meta.get("nan_counts")
+    writer: HDF5Writer | None = None
+    first_src: object = None
+    try:
+        for block in blocks:
+            report = report + block.report
+            bar.update(len(block.index) + block.report.images_dropped)
+            if len(block.images) == 0:
+                continue
+            if writer is None:
+                shape = block.images.shape[1:]
+                writer = HDF5Writer(
+                    out, len(src), shape, src.class_names, attrs=attrs, chunk_images=chunk_images
+                ).__enter__()
+                first_src = src.sources[int(block.index[0])]
+            else:
+                _check_block_shape(src, block, writer.image_shape, first_src)
+            writer.append(
+                block.images,
+                src.labels[block.index],
+                sources=[src.sources[i] for i in block.index],
+                nan_counts=block.nan_counts + (stored[block.index] if stored is not None else 0),
+                params=block.params,
+            )
+        if writer is None:
+            raise DataError(
+                f"all {len(src)} images were dropped by nan_policy='drop'; nothing to write.",
+                src.path,
+            )
+        writer.attrs["nan_report"] = dict(report.__dict__)
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    writer.__exit__(None, None, None)
+    return report
 
 
 # ----------------------------------------------------------------------------- inspect
@@ -675,125 +761,170 @@ def summarize(
         ``inf_pixels``, ``total_pixels``, ``nan_fraction``, ``inf_fraction``,
         ``images_with_nonfinite``, ``constant_images``, examples, ``params`` ranges, stored
         HDF5 attributes and ``stored_nan_counts`` for files written by ``convert``.
+        :mod:`deeplense_ssl.datacards` renders it as text or as a data card.
     """
     with open_source(path, allow_pickle=allow_pickle, **reader_kwargs) as src:
-        n = len(src)
         names = src.class_names
-        shapes: Counter[str] = Counter()
-        chw: Counter[str] = Counter()
-        dtypes: Counter[str] = Counter()
-        per_class = {
-            c: {"count": 0, "min": np.inf, "max": -np.inf, "sum": 0.0, "pixels": 0} for c in names
-        }
-        nan_pix = inf_pix = total_pix = 0
-        nonfinite_imgs: list[str] = []
-        constant_imgs: list[str] = []
-        n_nonfinite = n_constant = 0
-        params: dict[str, list[float]] = {}
-        bar = _progress(n, f"inspecting {Path(path).name}", progress)
+        stats = _RawStats(names, max_examples)
+        bar = _progress(len(src), f"inspecting {Path(path).name}", progress)
         try:
             for start, raw, block_params in src.iter_blocks(block_size):
-                if src.stacked:
-                    dtypes[str(raw.dtype)] += len(raw)
-                    shapes[str(tuple(raw.shape[1:]))] += len(raw)
-                    arrays = list(to_nchw_float32(raw, path=src.path, start=start))
-                else:
-                    files = src.files[start : start + len(raw)]  # type: ignore[attr-defined]
-                    arrays = []
-                    for image, file in zip(raw, files, strict=True):
-                        dtypes[str(image.dtype)] += 1
-                        shapes[str(tuple(image.shape))] += 1
-                        arrays.append(to_chw_float32(image, path=file))
-                for j, img in enumerate(arrays):
-                    i = start + j
-                    chw[str(tuple(img.shape))] += 1
-                    cls = per_class[names[src.labels[i]]]
-                    cls["count"] += 1
-                    isnan = np.isnan(img)
-                    finite = np.isfinite(img)
-                    n_nan = int(isnan.sum())
-                    n_inf = int(img.size - finite.sum() - n_nan)
-                    nan_pix += n_nan
-                    inf_pix += n_inf
-                    total_pix += img.size
-                    good = img[finite] if n_nan or n_inf else img.ravel()
-                    if n_nan or n_inf:
-                        n_nonfinite += 1
-                        if len(nonfinite_imgs) < max_examples:
-                            nonfinite_imgs.append(src.sources[i])
-                    if good.size:
-                        lo, hi = float(good.min()), float(good.max())
-                        cls["min"] = min(cls["min"], lo)
-                        cls["max"] = max(cls["max"], hi)
-                        cls["sum"] += float(good.sum(dtype=np.float64))
-                        cls["pixels"] += int(good.size)
-                    if good.size == 0 or lo == hi:
-                        n_constant += 1
-                        if len(constant_imgs) < max_examples:
-                            constant_imgs.append(src.sources[i])
-                for key, value in block_params.items():
-                    params.setdefault(key, []).extend(np.asarray(value, float).ravel().tolist())
+                arrays = _raw_as_chw(src, start, raw, stats)
+                for i, img in enumerate(arrays, start):
+                    stats.add_image(img, names[src.labels[i]], src.sources[i])
+                stats.add_params(block_params)
                 bar.update(len(arrays))
         finally:
             bar.close()
-        total_sum = sum(c["sum"] for c in per_class.values())
-        total_good = sum(c["pixels"] for c in per_class.values())
         summary: dict[str, Any] = {
             "path": str(path),
             "kind": src.kind,
-            "n_images": n,
+            "n_images": len(src),
             "class_names": list(names),
             "labelled": bool(src.meta.get("labelled", True)),
-            "counts_per_class": {c: v["count"] for c, v in per_class.items()},
-            "shapes": dict(shapes),
-            "chw_shapes": dict(chw),
-            "dtypes": dict(dtypes),
-            "value_min": min((v["min"] for v in per_class.values()), default=None),
-            "value_max": max((v["max"] for v in per_class.values()), default=None),
-            "value_mean": total_sum / total_good if total_good else None,
-            "per_class": {
-                c: {
-                    "count": v["count"],
-                    "min": v["min"] if v["pixels"] else None,
-                    "max": v["max"] if v["pixels"] else None,
-                    "mean": v["sum"] / v["pixels"] if v["pixels"] else None,
-                }
-                for c, v in per_class.items()
-            },
-            "total_pixels": total_pix,
-            "nan_pixels": nan_pix,
-            "inf_pixels": inf_pix,
-            "nan_fraction": nan_pix / total_pix if total_pix else 0.0,
-            "inf_fraction": inf_pix / total_pix if total_pix else 0.0,
-            "images_with_nonfinite": n_nonfinite,
-            "nonfinite_examples": nonfinite_imgs,
-            "constant_images": n_constant,
-            "constant_examples": constant_imgs,
-            "params": {
-                k: {
-                    "known": int(np.isfinite(v).sum()),
-                    "min": float(np.nanmin(v)) if np.isfinite(v).any() else None,
-                    "max": float(np.nanmax(v)) if np.isfinite(v).any() else None,
-                }
-                for k, v in ((k, np.asarray(v)) for k, v in params.items())
-            },
+            **stats.to_dict(),
         }
-        if src.kind == "hdf5":
-            attrs = {
-                k: v
-                for k, v in src.meta.items()
-                if k not in ("nan_counts", "kind", "path", "images_key")
-            }
-            summary["attrs"] = {k: _maybe_json(v) for k, v in _json_safe(attrs).items()}
-        stored = src.meta.get("nan_counts")
-        if stored is not None:
-            summary["stored_nan_counts"] = {
-                "pixels": int(stored.sum()),
-                "images": int((stored > 0).sum()),
-            }
-        if summary["value_min"] == np.inf:
-            summary["value_min"] = summary["value_max"] = None
+        summary.update(_stored_extras(src))
     return summary
+
+
+def _raw_as_chw(src: Source, start: int, raw: Any, stats: _RawStats) -> list[np.ndarray]:
+    """The images of one raw block as float32 (C, H, W), counting stored shapes and dtypes."""
+    if src.stacked:
+        stats.dtypes[str(raw.dtype)] += len(raw)
+        stats.shapes[str(tuple(raw.shape[1:]))] += len(raw)
+        return list(to_nchw_float32(raw, path=src.path, start=start))
+    files = src.files[start : start + len(raw)]  # type: ignore[attr-defined]
+    arrays = []
+    for image, file in zip(raw, files, strict=True):
+        stats.dtypes[str(image.dtype)] += 1
+        stats.shapes[str(tuple(image.shape))] += 1
+        arrays.append(to_chw_float32(image, path=file))
+    return arrays
+
+
+class _RawStats:
+    """Running statistics of raw images for :func:`summarize` (finite pixels only).
+
+    Args:
+        class_names: names in label order.
+        max_examples: how many example sources to keep for NaN/inf and constant images.
+    """
+
+    def __init__(self, class_names: Sequence[str], max_examples: int) -> None:
+        self.max_examples = max_examples
+        self.shapes: Counter[str] = Counter()
+        self.chw: Counter[str] = Counter()
+        self.dtypes: Counter[str] = Counter()
+        self.per_class: dict[str, dict[str, Any]] = {
+            c: {"count": 0, "min": np.inf, "max": -np.inf, "sum": 0.0, "pixels": 0}
+            for c in class_names
+        }
+        self.nan_pix = self.inf_pix = self.total_pix = 0
+        self.n_nonfinite = self.n_constant = 0
+        self.nonfinite_examples: list[str] = []
+        self.constant_examples: list[str] = []
+        self.params: dict[str, list[float]] = {}
+
+    def add_image(self, img: np.ndarray, class_name: str, source: str) -> None:
+        """Count one (C, H, W) image of class ``class_name`` read from ``source``."""
+        self.chw[str(tuple(img.shape))] += 1
+        cls = self.per_class[class_name]
+        cls["count"] += 1
+        finite = np.isfinite(img)
+        n_nan = int(np.isnan(img).sum())
+        n_inf = int(img.size - finite.sum() - n_nan)
+        self.nan_pix += n_nan
+        self.inf_pix += n_inf
+        self.total_pix += img.size
+        good = img[finite] if n_nan or n_inf else img.ravel()
+        if n_nan or n_inf:
+            self.n_nonfinite += 1
+            self._example(self.nonfinite_examples, source)
+        if good.size:
+            lo, hi = float(good.min()), float(good.max())
+            cls["min"] = min(cls["min"], lo)
+            cls["max"] = max(cls["max"], hi)
+            cls["sum"] += float(good.sum(dtype=np.float64))
+            cls["pixels"] += int(good.size)
+        if good.size == 0 or lo == hi:
+            self.n_constant += 1
+            self._example(self.constant_examples, source)
+
+    def _example(self, examples: list[str], source: str) -> None:
+        if len(examples) < self.max_examples:
+            examples.append(source)
+
+    def add_params(self, block_params: dict[str, Any]) -> None:
+        """Collect per-image parameters (e.g. ``axion_mass_ev``) of one block."""
+        for key, value in block_params.items():
+            self.params.setdefault(key, []).extend(np.asarray(value, float).ravel().tolist())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The statistics part of the :func:`summarize` dict (JSON-safe)."""
+        classes = self.per_class.values()
+        total_sum = sum(c["sum"] for c in classes)
+        total_good = sum(c["pixels"] for c in classes)
+        value_min = min((c["min"] for c in classes), default=None)
+        value_max = max((c["max"] for c in classes), default=None)
+        if value_min == np.inf:  # no finite pixel anywhere
+            value_min = value_max = None
+        total = self.total_pix
+        return {
+            "counts_per_class": {c: v["count"] for c, v in self.per_class.items()},
+            "shapes": dict(self.shapes),
+            "chw_shapes": dict(self.chw),
+            "dtypes": dict(self.dtypes),
+            "value_min": value_min,
+            "value_max": value_max,
+            "value_mean": total_sum / total_good if total_good else None,
+            "per_class": {c: _class_stats(v) for c, v in self.per_class.items()},
+            "total_pixels": total,
+            "nan_pixels": self.nan_pix,
+            "inf_pixels": self.inf_pix,
+            "nan_fraction": self.nan_pix / total if total else 0.0,
+            "inf_fraction": self.inf_pix / total if total else 0.0,
+            "images_with_nonfinite": self.n_nonfinite,
+            "nonfinite_examples": self.nonfinite_examples,
+            "constant_images": self.n_constant,
+            "constant_examples": self.constant_examples,
+            "params": {k: _param_range(np.asarray(v)) for k, v in self.params.items()},
+        }
+
+
+def _class_stats(v: dict[str, Any]) -> dict[str, Any]:
+    has = bool(v["pixels"])
+    return {
+        "count": v["count"],
+        "min": v["min"] if has else None,
+        "max": v["max"] if has else None,
+        "mean": v["sum"] / v["pixels"] if has else None,
+    }
+
+
+def _param_range(values: np.ndarray) -> dict[str, Any]:
+    known = np.isfinite(values)
+    return {
+        "known": int(known.sum()),
+        "min": float(np.nanmin(values)) if known.any() else None,
+        "max": float(np.nanmax(values)) if known.any() else None,
+    }
+
+
+def _stored_extras(src: Source) -> dict[str, Any]:
+    """``attrs`` (HDF5 attributes, JSON strings decoded) and ``stored_nan_counts`` (convert)."""
+    extras: dict[str, Any] = {}
+    if src.kind == "hdf5":
+        skip = ("nan_counts", "kind", "path", "images_key")
+        attrs = {k: v for k, v in src.meta.items() if k not in skip}
+        extras["attrs"] = {k: _maybe_json(v) for k, v in to_jsonable(attrs).items()}
+    stored = src.meta.get("nan_counts")
+    if stored is not None:
+        extras["stored_nan_counts"] = {
+            "pixels": int(stored.sum()),
+            "images": int((stored > 0).sum()),
+        }
+    return extras
 
 
 def _maybe_json(value: Any) -> Any:
@@ -803,187 +934,3 @@ def _maybe_json(value: Any) -> Any:
         except json.JSONDecodeError:
             return value
     return value
-
-
-def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """Human-readable text of a :func:`summarize` dict (what ``inspect`` prints)."""
-    lines = [
-        f"{summary['path']}  ({summary['kind']}, {summary['n_images']} images)",
-        "classes:",
-    ]
-    for c, v in summary["per_class"].items():
-        rng = f"{v['min']:.4g} .. {v['max']:.4g}" if v["min"] is not None else "no finite pixels"
-        lines.append(f"  {c:<20} {v['count']:>8}   values {rng}")
-    if not summary["labelled"]:
-        lines.append("  (no labels found: give labels_csv / label_pattern to label a flat folder)")
-    lines.append(f"stored shapes: {_fmt_counts(summary['shapes'])}")
-    lines.append(f"as (C, H, W):  {_fmt_counts(summary['chw_shapes'])}")
-    lines.append(f"dtypes:        {_fmt_counts(summary['dtypes'])}")
-    if summary["value_min"] is not None:
-        lines.append(
-            f"values:        {summary['value_min']:.6g} .. {summary['value_max']:.6g} "
-            f"(mean {summary['value_mean']:.6g}, finite pixels)"
-        )
-    lines.append(
-        f"NaN pixels:    {summary['nan_pixels']} ({summary['nan_fraction']:.3%}); inf pixels: "
-        f"{summary['inf_pixels']} ({summary['inf_fraction']:.3%}); images with any: "
-        f"{summary['images_with_nonfinite']}"
-        + (
-            f" e.g. {', '.join(summary['nonfinite_examples'])}"
-            if summary["nonfinite_examples"]
-            else ""
-        )
-    )
-    lines.append(
-        f"constant images: {summary['constant_images']}"
-        + (
-            f" e.g. {', '.join(summary['constant_examples'])}"
-            if summary["constant_examples"]
-            else ""
-        )
-    )
-    if "stored_nan_counts" in summary:
-        s = summary["stored_nan_counts"]
-        policy = summary.get("attrs", {}).get("nan_policy", "?")
-        lines.append(
-            f"cleaned at conversion (nan_policy={policy}): {s['pixels']} non-finite pixels in "
-            f"{s['images']} images"
-        )
-    for k, v in summary["params"].items():
-        lines.append(f"param {k}: {v['known']} known, {v['min']} .. {v['max']}")
-    return "\n".join(lines)
-
-
-def _fmt_counts(counts: dict[str, int]) -> str:
-    items = sorted(counts.items(), key=lambda kv: -kv[1])
-    text = ", ".join(f"{k} x{v}" for k, v in items[:6])
-    return text + (f", ... ({len(items) - 6} more)" if len(items) > 6 else "")
-
-
-def _size_category(n: int) -> str:
-    for limit, name in (
-        (1_000, "n<1K"),
-        (10_000, "1K<n<10K"),
-        (100_000, "10K<n<100K"),
-        (1_000_000, "100K<n<1M"),
-    ):
-        if n < limit:
-            return name
-    return "1M<n<10M"
-
-
-def render_data_card(summary: dict[str, Any], *, name: str | None = None) -> str:
-    """A data-card draft (Hugging Face layout, as in ``data_cards/``) from :func:`summarize`.
-
-    Sections marked TODO need a human: licence, simulation/creation details, citation.
-    """
-    import yaml
-
-    pretty = name or Path(summary["path"]).stem
-    provenance = summary.get("attrs", {}).get("provenance")
-    source = provenance.get("source", summary["path"]) if isinstance(provenance, dict) else None
-    source = str(source or summary["path"])
-    front = {
-        "pretty_name": pretty,
-        "license": "unknown",
-        "task_categories": ["image-classification"],
-        "tags": ["astronomy", "strong-gravitational-lensing", "dark-matter", "deeplense"],
-        "size_categories": [_size_category(summary["n_images"])],
-        "source_datasets": [source],
-    }
-    counts = "\n".join(
-        f"| {c} | {v['count']} | {_fmt_num(v['min'])} | {_fmt_num(v['max'])} | "
-        f"{_fmt_num(v['mean'])} |"
-        for c, v in summary["per_class"].items()
-    )
-    attrs = summary.get("attrs", {})
-    attr_lines = (
-        "\n".join(
-            f"- `{k}`: {json.dumps(v) if isinstance(v, dict | list) else v}"
-            for k, v in attrs.items()
-            if k != "class_names"
-        )
-        or "- (none stored)"
-    )
-    params = "\n".join(
-        f"- `{k}`: {v['known']} images, {v['min']} .. {v['max']}"
-        for k, v in summary["params"].items()
-    )
-    problems = [
-        f"- Non-finite pixels: {summary['nan_pixels']} NaN ({summary['nan_fraction']:.4%}) and "
-        f"{summary['inf_pixels']} inf ({summary['inf_fraction']:.4%}) in "
-        f"{summary['images_with_nonfinite']} images.",
-        f"- Constant images (min-max scaling would divide by zero): {summary['constant_images']}.",
-    ]
-    if "stored_nan_counts" in summary:
-        s = summary["stored_nan_counts"]
-        problems.append(
-            f"- Cleaned at conversion with nan_policy={attrs.get('nan_policy', '?')}: "
-            f"{s['pixels']} non-finite pixels in {s['images']} source images."
-        )
-    if len(summary["chw_shapes"]) > 1:
-        problems.append(
-            f"- Mixed image shapes: {_fmt_counts(summary['chw_shapes'])}; use --image-size."
-        )
-    if len(summary["dtypes"]) > 1:
-        problems.append(f"- Mixed dtypes: {_fmt_counts(summary['dtypes'])}.")
-    if not summary["labelled"]:
-        problems.append("- No labels were found (one class `unlabelled`).")
-    problems.append("- TODO: anything else known (simulation shortcuts, label noise, leakage).")
-    body = f"""---
-{yaml.safe_dump(front, sort_keys=False).strip()}
----
-
-# {pretty}
-
-## Dataset description
-
-TODO: what the images show, where they come from, and who made them.
-Drafted by `deeplense-ssl inspect --card` from `{summary["path"]}` ({summary["kind"]}).
-
-## Dataset structure
-
-- Images: {summary["n_images"]}; stored shapes {_fmt_counts(summary["shapes"])}; as (C, H, W)
-  {_fmt_counts(summary["chw_shapes"])}; dtypes {_fmt_counts(summary["dtypes"])}.
-- Pixel values (finite): {_fmt_num(summary["value_min"])} .. {_fmt_num(summary["value_max"])},
-  mean {_fmt_num(summary["value_mean"])}.
-- Classes (label order): {", ".join(summary["class_names"])}.
-
-| class | images | min | max | mean |
-|---|---|---|---|---|
-{counts}
-
-## Creation / simulation parameters
-
-Stored attributes:
-{attr_lines}
-{("Per-image parameters:" + chr(10) + params) if params else ""}
-TODO: simulator, instrument (pixel scale in arcsec, PSF), noise model, random seeds.
-
-## Known problems
-
-{chr(10).join(problems)}
-
-## Intended use
-
-Self-supervised pretraining and few-label classification of strong-lensing images with
-`deeplense_ssl`. TODO: out-of-scope uses.
-
-## Citation
-
-TODO: how to cite the data (and the DeepLense / simulator papers it builds on).
-"""
-    return body
-
-
-def _fmt_num(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.6g}"
-
-
-def write_data_card(summary: dict[str, Any], out: str | Path, *, name: str | None = None) -> Path:
-    """Write :func:`render_data_card` to ``out`` atomically."""
-    return write_text_atomic(out, render_data_card(summary, name=name))

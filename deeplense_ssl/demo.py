@@ -25,7 +25,15 @@ from .config import (
     ReportConfig,
     SimulateConfig,
 )
+from .evaluate import evaluate
+from .finetune import finetune
+from .report import build_report
+from .runs import BACKBONE_FILE, CHECKPOINT_FILE, EVAL_METRICS_FILE, MODEL_FILE, REPORT_FILE
 from .runtime import resolve_device
+from .simulate import simulate_dataset
+from .training import pretrain
+
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -70,6 +78,102 @@ def plan_for(device: str, quick: bool = False) -> DemoPlan:
     return DemoPlan()
 
 
+def _simulate(plan: DemoPlan, data_dir: Path, seed: int, stage: Log) -> tuple[Path, Path]:
+    """Simulate the training set (``seed``) and the test set (``seed + 1``) unless present."""
+    workers = max(1, min(os.cpu_count() or 1, 8))
+    train_h5, test_h5 = data_dir / "train.h5", data_dir / "test.h5"
+    for path, n, s in [
+        (train_h5, plan.n_train_per_class, seed),
+        (test_h5, plan.n_test_per_class, seed + 1),
+    ]:
+        if path.exists():
+            stage(f"{path} exists, skipping simulation")
+            continue
+        stage(f"simulating {3 * n} {plan.model} images -> {path}")
+        simulate_dataset(
+            SimulateConfig(out=str(path), model=plan.model, n_per_class=n, seed=s, workers=workers)
+        )
+    return train_h5, test_h5
+
+
+def _pretrain(
+    plan: DemoPlan,
+    train_h5: Path,
+    pre_dir: Path,
+    device: str,
+    seed: int,
+    progress: bool,
+    stage: Log,
+) -> None:
+    """Pretrain unless finished earlier; resume an interrupted run."""
+    if (pre_dir / BACKBONE_FILE).exists():
+        stage(f"{pre_dir} finished earlier, skipping pretraining")
+        return
+    budget = f"{plan.backbone}, {plan.pretrain_epochs} epochs"
+    stage(f"pretraining {plan.method} ({budget}) -> {pre_dir}")
+    pretrain(
+        PretrainConfig(
+            data=str(train_h5),
+            out=str(pre_dir),
+            method=plan.method,
+            backbone=plan.backbone,
+            stem=plan.stem,
+            epochs=plan.pretrain_epochs,
+            batch_size=plan.pretrain_batch_size,
+            device=device,
+            seed=seed,
+            resume=(pre_dir / CHECKPOINT_FILE).exists(),
+        ),
+        progress=progress,
+    )
+
+
+def finetune_variants(plan: DemoPlan, pre_dir: Path) -> list[tuple[str, dict]]:
+    """``(run name, FinetuneConfig overrides)`` per label fraction: the SSL linear probe, the
+    random-backbone probe and the supervised-from-scratch baseline."""
+    variants: list[tuple[str, dict]] = []
+    for frac in plan.label_fractions:
+        tag = f"f{frac:g}"
+        variants += [
+            (
+                f"{plan.method}-linear-{tag}",
+                dict(checkpoint=str(pre_dir), head="linear", init="pretrained"),
+            ),
+            (f"random-linear-{tag}", dict(checkpoint=str(pre_dir), head="linear", init="random")),
+            (f"scratch-full-{tag}", dict(head="full", init="scratch", epochs=plan.scratch_epochs)),
+        ]
+        variants[-3:] = [(name, {**kw, "label_fraction": frac}) for name, kw in variants[-3:]]
+    return variants
+
+
+def _finetune_and_evaluate(
+    name: str,
+    run_dir: Path,
+    cfg: FinetuneConfig,
+    test_h5: Path,
+    device: str,
+    progress: bool,
+    stage: Log,
+) -> None:
+    """Fine-tune and evaluate one variant, skipping what a previous run finished."""
+    if not (run_dir / MODEL_FILE).exists():
+        stage(f"fine-tuning {name} -> {run_dir}")
+        cfg.validate()
+        finetune(cfg, progress=progress)
+    metrics = run_dir / EVAL_METRICS_FILE
+    if metrics.exists():
+        return
+    stage(f"evaluating {name} on {test_h5}")
+    cfg_e = EvaluateConfig(
+        checkpoint=str(run_dir), data=str(test_h5), out=str(metrics), device=device
+    )
+    cfg_e.validate()
+    result = evaluate(cfg_e, progress=progress)
+    macro = result.get("roc_auc", {}).get("macro")
+    if macro is not None:
+        stage(f"{name}: macro ROC-AUC {macro:.3f}")
+
+
 def run_demo(
     out_dir: str | Path = "demo_output",
     *,
@@ -78,7 +182,7 @@ def run_demo(
     quick: bool = False,
     plan: DemoPlan | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> Path:
     """Run the whole pipeline and return the path of the HTML report.
 
@@ -94,95 +198,30 @@ def run_demo(
     Returns:
         Path of ``report.html``.
     """
-    from .evaluate import evaluate
-    from .finetune import finetune
-    from .report import build_report
-    from .simulate import simulate_dataset
-    from .train import pretrain
-
     out = Path(out_dir)
     plan = plan or plan_for(device, quick)
-    workers = max(1, min(os.cpu_count() or 1, 8))
-    data_dir, runs_dir = out / "data", out / "runs"
+    runs_dir = out / "runs"
     t0 = time.perf_counter()
 
     def stage(msg: str) -> None:
         log(f"[demo {time.perf_counter() - t0:6.0f}s] {msg}")
 
-    train_h5, test_h5 = data_dir / "train.h5", data_dir / "test.h5"
-    for path, n, s in [
-        (train_h5, plan.n_train_per_class, seed),
-        (test_h5, plan.n_test_per_class, seed + 1),
-    ]:
-        if path.exists():
-            stage(f"{path} exists, skipping simulation")
-            continue
-        stage(f"simulating {3 * n} {plan.model} images -> {path}")
-        simulate_dataset(
-            SimulateConfig(out=str(path), model=plan.model, n_per_class=n, seed=s, workers=workers)
-        )
-
+    train_h5, test_h5 = _simulate(plan, out / "data", seed, stage)
     pre_dir = runs_dir / f"pretrain-{plan.method}"
-    if (pre_dir / "backbone.pt").exists():
-        stage(f"{pre_dir} finished earlier, skipping pretraining")
-    else:
-        budget = f"{plan.backbone}, {plan.pretrain_epochs} epochs"
-        stage(f"pretraining {plan.method} ({budget}) -> {pre_dir}")
-        pretrain(
-            PretrainConfig(
-                data=str(train_h5),
-                out=str(pre_dir),
-                method=plan.method,
-                backbone=plan.backbone,
-                stem=plan.stem,
-                epochs=plan.pretrain_epochs,
-                batch_size=plan.pretrain_batch_size,
-                device=device,
-                seed=seed,
-                resume=(pre_dir / "checkpoint.pt").exists(),
-            ),
-            progress=progress,
-        )
-
+    _pretrain(plan, train_h5, pre_dir, device, seed, progress, stage)
     base = FinetuneConfig(
         data=str(train_h5), backbone=plan.backbone, stem=plan.stem, device=device, seed=seed
     )
-    variants: list[tuple[str, dict]] = []
-    for frac in plan.label_fractions:
-        tag = f"f{frac:g}"
-        variants += [
-            (
-                f"{plan.method}-linear-{tag}",
-                dict(checkpoint=str(pre_dir), head="linear", init="pretrained"),
-            ),
-            (f"random-linear-{tag}", dict(checkpoint=str(pre_dir), head="linear", init="random")),
-            (f"scratch-full-{tag}", dict(head="full", init="scratch", epochs=plan.scratch_epochs)),
-        ]
-        variants[-3:] = [(name, {**kw, "label_fraction": frac}) for name, kw in variants[-3:]]
     run_dirs = []
-    for name, kw in variants:
+    for name, kw in finetune_variants(plan, pre_dir):
         run_dir = runs_dir / name
         run_dirs.append(str(run_dir))
-        if not (run_dir / "model.pt").exists():
-            stage(f"fine-tuning {name} -> {run_dir}")
-            cfg = dataclasses.replace(
-                base, **{"out": str(run_dir), "epochs": plan.finetune_epochs, **kw}
-            )
-            cfg.validate()
-            finetune(cfg, progress=progress)
-        metrics = run_dir / "metrics.json"
-        if not metrics.exists():
-            stage(f"evaluating {name} on {test_h5}")
-            cfg_e = EvaluateConfig(
-                checkpoint=str(run_dir), data=str(test_h5), out=str(metrics), device=device
-            )
-            cfg_e.validate()
-            result = evaluate(cfg_e, progress=progress)
-            macro = result.get("roc_auc", {}).get("macro")
-            if macro is not None:
-                stage(f"{name}: macro ROC-AUC {macro:.3f}")
+        cfg = dataclasses.replace(
+            base, **{"out": str(run_dir), "epochs": plan.finetune_epochs, **kw}
+        )
+        _finetune_and_evaluate(name, run_dir, cfg, test_h5, device, progress, stage)
 
-    report_path = out / "report.html"
+    report_path = out / REPORT_FILE
     stage(f"writing the report -> {report_path}")
     build_report(ReportConfig(runs=run_dirs, out=str(report_path), device=device))
     stage(f"done. Open {report_path.resolve()}")

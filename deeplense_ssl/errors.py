@@ -33,6 +33,25 @@ class DataError(DeepLenseError, ValueError):
         super().__init__(where + message)
 
 
+class OutputError(DeepLenseError, OSError):
+    """An output file cannot be written: no space left, read-only folder, no permission.
+
+    The message names the target file (never the temporary name it is written under) and the
+    folder. It is also an :class:`OSError` (``errno`` is kept), so code that handles failed
+    writes as ``OSError`` keeps working.
+
+    Args:
+        message: what failed and what to do about it.
+        path: the target file.
+        errno: the operating-system error number (e.g. ``errno.ENOSPC``), if known.
+    """
+
+    def __init__(self, message: str, path: object | None = None, errno: int | None = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.errno = errno
+
+
 class ConfigError(DeepLenseError, ValueError):
     """Invalid configuration values or combinations."""
 

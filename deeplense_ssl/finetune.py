@@ -26,213 +26,86 @@ The validation split is carved from the training data (``stratified_split``, see
 fraction is taken from the rest (``label_fraction_subset``, nested and seeded) and the epoch
 with the best validation macro ROC-AUC is kept. The test set is never seen here.
 
-Run folder (``cfg.out``): ``config.json``, ``model.pt`` (backbone + head ``state_dict`` and the
-spec to rebuild them: backbone name, stem, in_chans, head type, class names, normalisation,
-image size), ``metrics.jsonl`` (one line per epoch), ``history.png``, ``val_metrics.json``,
-``label_subset.npy`` (indices into the training data of the labelled images) and
-``train_embeddings.npz`` (backbone features of the labelled images, for kNN evaluation).
+:func:`finetune` runs the steps in order: resolve the backbone, load and check the data, split
+it, train (probe or end to end), embed the labelled images for kNN, describe and write the run
+folder (layout in :mod:`deeplense_ssl.runs`: ``config.json``, ``model.pt``, ``metrics.jsonl``,
+``history.png``, ``val_metrics.json``, ``label_subset.npy``, ``train_embeddings.npz``).
+The inference side (the composed model, loading it back) is :mod:`deeplense_ssl.inference`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import __version__
+from .backbones import build_backbone
+from .checkpoint import load_pretrained_backbone, save_checkpoint
 from .config import FinetuneConfig, config_to_dict
+from .datasets import label_fraction_subset, load_dataset, stratified_split
 from .errors import CheckpointError, ConfigError, DataError
-from .io import atomic_output, write_text_atomic
+from .heads import build_classifier_head
+from .inference import ClassifierModel, embed, predict_logits
+from .io import atomic_output
+from .metrics import roc_auc_report
+from .plots import plot_finetune_history
+from .runs import (
+    CONFIG_FILE,
+    FINETUNE_KIND,
+    HISTORY_PLOT_FILE,
+    LABEL_SUBSET_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_FORMAT,
+    TRAIN_EMBEDDINGS_FILE,
+    VAL_METRICS_FILE,
+    to_jsonable,
+    write_json,
+    write_jsonl,
+)
+from .runtime import resolve_device, seed_everything
+from .transforms import random_dihedral
 
-MODEL_FORMAT = "deeplense_ssl.finetune_model.v1"
-RUN_KIND = "finetune"
-MODEL_FILE = "model.pt"
-TRAIN_EMBEDDINGS_FILE = "train_embeddings.npz"
 MAX_TRAIN_EMBEDDINGS = 20000
 DEFAULT_LR = {"probe": 1e-3, "end_to_end": 1e-3}
 
 
-class ClassifierModel(nn.Module):
-    """A backbone and a classifier head composed for inference (evaluation, attribution).
+@dataclass
+class FinetuneData:
+    """The images of a fine-tuning run after loading, checking and splitting.
 
-    Args:
-        backbone: features-only network, ``(B, C, H, W) -> (B, D)``.
-        head: classifier, ``(B, D) -> (B, num_classes)`` logits.
+    Attributes:
+        images: (N, C, H, W) float32, normalised as the model will see them.
+        labels: (N,) int64 class indices into ``class_names``.
+        class_names: names in label order.
+        train_pool: indices of the training split (the label fraction is drawn from it).
+        val_idx: indices of the validation split.
+        labelled: indices of the labelled training images (a subset of ``train_pool``).
+        normalize: the normalisation applied.
+        image_size: the crop/resize size, or None (native size).
+        norm_stats: ``zscore-dataset`` statistics (fit on ``train_pool``) or the dataset's
+            stored statistics, else None.
+        nan_report: the NaN policy report of the loaded data.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
-        return self.head(self.backbone(x))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features ``(B, D)`` of images ``(B, C, H, W)``."""
-        return self.backbone(x)
-
-
-# --------------------------------------------------------------------------------------------
-# Feature extraction and prediction
-# --------------------------------------------------------------------------------------------
-
-
-def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 rotations/reflections (dihedral group D4) of a batch ``(B, C, H, W)``."""
-    views = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
-    flipped = torch.flip(x, dims=(3,))
-    views += [torch.rot90(flipped, k, dims=(2, 3)) for k in range(4)]
-    return views
-
-
-@torch.no_grad()
-def extract_features(
-    backbone: nn.Module,
-    images: np.ndarray | torch.Tensor,
-    *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    dihedral: bool = False,
-    progress: bool = False,
-    desc: str = "features",
-) -> torch.Tensor:
-    """Backbone features of every image, in eval mode, without gradients.
-
-    Args:
-        backbone: ``(B, C, H, W) -> (B, D)``.
-        images: (N, C, H, W) float32.
-        batch_size: images per forward pass.
-        device: where to compute.
-        dihedral: also return the features of the 8 dihedral copies of every image.
-        progress: show a progress bar.
-        desc: progress-bar label.
-
-    Returns:
-        (N, D) float32 CPU tensor, or (8, N, D) with ``dihedral`` (copy-major; copy 0 is the
-        image itself).
-    """
-    from tqdm.auto import tqdm
-
-    was_training = backbone.training
-    backbone.eval()
-    x_all = torch.as_tensor(images, dtype=torch.float32)
-    out = []
-    starts = range(0, len(x_all), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        x = x_all[start : start + batch_size].to(device)
-        views = dihedral_views(x) if dihedral else [x]
-        out.append(torch.stack([backbone(v).float().cpu() for v in views]))
-    backbone.train(was_training)
-    if not out:
-        dim = int(getattr(backbone, "feature_dim", 0))
-        feats = torch.zeros(8 if dihedral else 1, 0, dim)
-    else:
-        feats = torch.cat(out, dim=1)
-    return feats if dihedral else feats[0]
-
-
-@torch.no_grad()
-def predict(
-    model: ClassifierModel,
-    images: np.ndarray | torch.Tensor,
-    *,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and backbone embeddings of every image.
-
-    Returns:
-        ``(probs, embeddings)``: (N, num_classes) float32 and (N, D) float32 arrays.
-    """
-    from tqdm.auto import tqdm
-
-    model.eval()
-    x_all = torch.as_tensor(images, dtype=torch.float32)
-    probs, embs = [], []
-    for start in tqdm(range(0, len(x_all), batch_size), desc="scoring", disable=not progress):
-        x = x_all[start : start + batch_size].to(device)
-        emb = model.backbone(x)
-        probs.append(torch.softmax(model.head(emb).float(), dim=1).cpu())
-        embs.append(emb.float().cpu())
-    return torch.cat(probs).numpy(), torch.cat(embs).numpy()
-
-
-# --------------------------------------------------------------------------------------------
-# Saving and loading the fine-tuned model
-# --------------------------------------------------------------------------------------------
-
-
-def build_head(kind: str, in_dim: int, num_classes: int, hidden_dim: int) -> nn.Module:
-    """``linear`` -> :class:`~deeplense_ssl.heads.LinearHead`, ``mlp`` -> ``MLPHead``."""
-    from .heads import LinearHead, MLPHead
-
-    if kind == "mlp":
-        return MLPHead(in_dim, num_classes, hidden_dim=hidden_dim)
-    return LinearHead(in_dim, num_classes)
-
-
-def load_finetuned(
-    run_dir: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[ClassifierModel, dict[str, Any]]:
-    """Rebuild the model of a finetune run folder (``model.pt``, loaded weights-only).
-
-    Returns:
-        ``(model, spec)``: a :class:`ClassifierModel` in eval mode and the spec dict (keys
-        ``backbone``, ``stem``, ``in_chans``, ``feature_dim``, ``head``, ``head_kind``,
-        ``mlp_hidden_dim``, ``class_names``, ``normalize``, ``image_size``, ``input_hw``,
-        ``init``).
-
-    Raises:
-        CheckpointError: no such folder, no ``model.pt`` (not a finetune run), a foreign or
-            corrupt file, or weights that do not fit the recorded architecture.
-    """
-    from .backbones import build_backbone
-    from .checkpoint import load_checkpoint
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run folder.")
-    path = run_dir / MODEL_FILE
-    if not path.is_file():
-        hint = ""
-        if (run_dir / "backbone.pt").is_file():
-            hint = (
-                " It looks like a pretrain run: fine-tune it first with `deeplense-ssl finetune`."
-            )
-        raise CheckpointError(
-            f"{run_dir}: not a finetune run folder (no {MODEL_FILE}); pass the --out folder of "
-            f"`deeplense-ssl finetune`.{hint}"
-        )
-    state = load_checkpoint(path, map_location, expect_format=False)
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path}: not a deeplense_ssl finetune model ({MODEL_FORMAT}).")
-    spec = state["spec"]
-    backbone = build_backbone(spec["backbone"], in_chans=int(spec["in_chans"]), stem=spec["stem"])
-    head = build_head(
-        spec["head_kind"],
-        int(spec["feature_dim"]),
-        len(spec["class_names"]),
-        int(spec["mlp_hidden_dim"]),
-    )
-    try:
-        backbone.load_state_dict(state["backbone_state"], strict=True)
-        head.load_state_dict(state["head_state"], strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not match the recorded architecture ({spec['backbone']}, "
-            f"stem={spec['stem']}, in_chans={spec['in_chans']}): {str(exc).splitlines()[0]}"
-        ) from exc
-    model = ClassifierModel(backbone, head).to(map_location).eval()
-    return model, spec
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    train_pool: np.ndarray
+    val_idx: np.ndarray
+    labelled: np.ndarray
+    normalize: str
+    image_size: int | None
+    norm_stats: dict | None
+    nan_report: Any
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,8 +114,6 @@ def load_finetuned(
 
 
 def _val_metrics(logits: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict:
-    from .evaluate import roc_auc_report
-
     loss = nn.functional.cross_entropy(logits, labels).item()
     probs = torch.softmax(logits, dim=1).numpy()
     auc = roc_auc_report(labels.numpy(), probs, class_names)["macro"]
@@ -267,6 +138,41 @@ def _fold_standardisation(head: nn.Module, mean: torch.Tensor, std: torch.Tensor
         w = first.weight / std
         first.bias -= w @ mean
         first.weight.copy_(w)
+
+
+def _cosine_adamw(
+    param_groups: Any, weight_decay: float, epochs: int, n_train: int, batch_size: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a cosine schedule over every optimiser step of the run."""
+    opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
+    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    return opt, sched
+
+
+def _probe_epoch(
+    head: nn.Module,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    perm: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    batch_size: int,
+) -> tuple[float, int]:
+    """One pass of the head over the shuffled features; returns (summed loss, correct)."""
+    head.train()
+    total, correct = 0.0, 0
+    for start in range(0, len(xt), batch_size):
+        idx = perm[start : start + batch_size]
+        logits = head(xt[idx])
+        loss = nn.functional.cross_entropy(logits, yt[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == yt[idx]).sum())
+    return total, correct
 
 
 def train_probe(
@@ -300,8 +206,6 @@ def train_probe(
     Returns:
         ``(history, best)``: one dict per epoch and the best epoch's dict.
     """
-    from tqdm.auto import tqdm
-
     # Standardisation statistics and validation labels live on the host (the head is folded
     # and scored there); features computed on a GPU by the caller are accepted too.
     train_feats, train_labels = train_feats.float().cpu(), train_labels.cpu()
@@ -312,26 +216,15 @@ def train_probe(
     yt = train_labels.to(device)
     xv = ((val_feats - mean) / std).to(device)
     head.to(device)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(xt) / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    opt, sched = _cosine_adamw(
+        [{"params": head.parameters(), "lr": lr}], weight_decay, epochs, len(xt), batch_size
+    )
     history: list[dict] = []
     best: dict | None = None
     best_state = copy.deepcopy(head.state_dict())
     for epoch in tqdm(range(1, epochs + 1), desc="probe", disable=not progress):
-        head.train()
         perm = torch.randperm(len(xt), generator=generator).to(device)
-        total, correct = 0.0, 0
-        for start in range(0, len(xt), batch_size):
-            idx = perm[start : start + batch_size]
-            logits = head(xt[idx])
-            loss = nn.functional.cross_entropy(logits, yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == yt[idx]).sum())
+        total, correct = _probe_epoch(head, xt, yt, perm, opt, sched, batch_size)
         head.eval()
         with torch.no_grad():
             val_logits = head(xv).float().cpu()
@@ -350,6 +243,42 @@ def train_probe(
     _fold_standardisation(head, mean, std)
     assert best is not None
     return history, best
+
+
+def _end_to_end_epoch(
+    model: ClassifierModel,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    perm: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    *,
+    batch_size: int,
+    augment: bool,
+    generator: torch.Generator,
+    device: torch.device | str,
+) -> tuple[float, int, int]:
+    """One pass of backbone + head over the shuffled images; returns (loss sum, correct, seen)."""
+    model.train()
+    total, correct, seen = 0.0, 0, 0
+    for start in range(0, len(perm), batch_size):
+        idx = perm[start : start + batch_size]
+        if len(idx) < 2 and len(perm) >= 2:
+            continue  # BatchNorm needs two images per batch in training mode
+        x = train_images[idx].to(device)
+        y = train_labels[idx].to(device)
+        if augment:
+            x = random_dihedral(x, generator=generator)
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+    return total, correct, seen
 
 
 def train_end_to_end(
@@ -384,46 +313,30 @@ def train_end_to_end(
     Returns:
         ``(history, best)`` as :func:`train_probe`.
     """
-    from tqdm.auto import tqdm
-
-    from .transforms import random_dihedral
-
     model.to(device)
-    opt = torch.optim.AdamW(
-        [
-            {"params": model.backbone.parameters(), "lr": backbone_lr},
-            {"params": model.head.parameters(), "lr": lr},
-        ],
-        weight_decay=weight_decay,
-    )
-    steps_per_epoch = max(1, math.ceil(len(train_images) / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    groups = [
+        {"params": model.backbone.parameters(), "lr": backbone_lr},
+        {"params": model.head.parameters(), "lr": lr},
+    ]
+    opt, sched = _cosine_adamw(groups, weight_decay, epochs, len(train_images), batch_size)
     history: list[dict] = []
     best: dict | None = None
     best_state = copy.deepcopy(model.state_dict())
     for epoch in tqdm(range(1, epochs + 1), desc="fine-tune", disable=not progress):
-        model.train()
         perm = torch.randperm(len(train_images), generator=generator)
-        total, correct, seen = 0.0, 0, 0
-        for start in range(0, len(perm), batch_size):
-            idx = perm[start : start + batch_size]
-            if len(idx) < 2 and len(perm) >= 2:
-                continue  # BatchNorm needs two images per batch in training mode
-            x = train_images[idx].to(device)
-            y = train_labels[idx].to(device)
-            if augment:
-                x = random_dihedral(x, generator=generator)
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(idx)
-        model.eval()
-        val_logits = _logits(model, val_images, batch_size, device)
+        total, correct, seen = _end_to_end_epoch(
+            model,
+            train_images,
+            train_labels,
+            perm,
+            opt,
+            sched,
+            batch_size=batch_size,
+            augment=augment,
+            generator=generator,
+            device=device,
+        )
+        val_logits = predict_logits(model, val_images, batch_size=batch_size, device=device)
         row = {
             "epoch": epoch,
             "train_loss": total / max(seen, 1),
@@ -441,28 +354,14 @@ def train_end_to_end(
     return history, best
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, images: torch.Tensor, batch_size: int, device: Any) -> torch.Tensor:
-    model.eval()
-    out = [
-        model(images[s : s + batch_size].to(device)).float().cpu()
-        for s in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out)
-
-
 # --------------------------------------------------------------------------------------------
-# The finetune command
+# The finetune command, step by step
 # --------------------------------------------------------------------------------------------
 
 
 def _resolve_backbone(cfg: FinetuneConfig, data_chans: int | None) -> tuple[nn.Module, dict]:
     """The backbone to fine-tune and where its architecture / preprocessing come from."""
-    from .backbones import build_backbone
-
     if cfg.checkpoint:
-        from .checkpoint import load_pretrained_backbone
-
         pretrained, info = load_pretrained_backbone(cfg.checkpoint, map_location="cpu")
         if cfg.init == "pretrained":
             return pretrained, info
@@ -483,49 +382,8 @@ def _resolve_backbone(cfg: FinetuneConfig, data_chans: int | None) -> tuple[nn.M
     return backbone, info
 
 
-def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) -> Path:
-    """Train a classifier on a (pretrained) backbone with a fraction of the labels.
-
-    Args:
-        cfg: the resolved finetune config (see the module docstring for the modes).
-        progress: show progress bars.
-        dataset: an already loaded :class:`deeplense_ssl.datasets.ImageSet` (skips reading
-            ``cfg.data``; it must be normalised as the pretraining was).
-
-    Returns:
-        The run folder ``cfg.out``.
-
-    Raises:
-        ConfigError: an impossible mode (``--random-init`` with ``--head full``).
-        CheckpointError: unusable pretrain run; backbone channels differ from the data's.
-        DataError: unreadable data, or fewer than two classes.
-    """
-    from .datasets import label_fraction_subset, load_dataset, stratified_split
-    from .runtime import resolve_device, seed_everything
-
-    cfg.validate()
-    if cfg.init == "random" and cfg.head == "full":
-        raise ConfigError(
-            "--random-init keeps the random backbone frozen; with --head full use --from-scratch."
-        )
-    device = resolve_device(cfg.device)
-    generator = seed_everything(cfg.seed)
-    backbone, info = (None, {}) if not cfg.checkpoint else _resolve_backbone(cfg, None)
-    normalize = cfg.normalize
-    if normalize == "auto":
-        normalize = info.get("normalize") or "minmax"
-    image_size = cfg.image_size if cfg.image_size is not None else info.get("image_size")
-    if dataset is None:
-        dataset = load_dataset(
-            cfg.data,
-            nan_policy=cfg.nan_policy,
-            normalize=normalize,
-            image_size=image_size,
-            allow_pickle=cfg.allow_pickle,
-            progress=progress,
-        )
-    if backbone is None:
-        backbone, info = _resolve_backbone(cfg, int(np.asarray(dataset.images).shape[1]))
+def _check_data(cfg: FinetuneConfig, dataset: Any, info: dict, image_size: int | None) -> None:
+    """Channels and image size must fit the backbone; at least two classes must be present."""
     images = np.asarray(dataset.images, dtype=np.float32)
     labels = np.asarray(dataset.labels, dtype=np.int64)
     class_names = list(dataset.class_names)
@@ -554,6 +412,12 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
             cfg.data,
         )
 
+
+def _split(
+    cfg: FinetuneConfig, dataset: Any, normalize: str, image_size: int | None
+) -> FinetuneData:
+    """Validation split, label-fraction subset and (``zscore-dataset``) normalisation fit."""
+    labels = np.asarray(dataset.labels, dtype=np.int64)
     splits = stratified_split(labels, cfg.val_fraction, 0.0, seed=cfg.seed)
     val_idx = np.asarray(splits["val"], dtype=np.int64)
     labelled = np.asarray(
@@ -566,104 +430,175 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         norm_stats = dataset.fit_normalization(splits["train"]).to_dict()
     elif isinstance(getattr(dataset, "meta", None), dict):
         norm_stats = dataset.meta.get("norm_stats")
-    images = np.asarray(dataset.images, dtype=np.float32)
     if len(val_idx) == 0:
         raise DataError(
             f"no validation images with val_fraction={cfg.val_fraction}; use more data or a "
             "larger --val-fraction.",
             cfg.data,
         )
+    return FinetuneData(
+        images=np.asarray(dataset.images, dtype=np.float32),
+        labels=labels,
+        class_names=list(dataset.class_names),
+        train_pool=np.asarray(splits["train"]),
+        val_idx=val_idx,
+        labelled=labelled,
+        normalize=normalize,
+        image_size=image_size,
+        norm_stats=norm_stats,
+        nan_report=getattr(dataset, "nan_report", None),
+    )
 
-    mode = "end_to_end" if cfg.init == "scratch" or cfg.head == "full" else "probe"
-    head_kind = "mlp" if cfg.head == "mlp" else "linear"
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[mode]
-    backbone_lr = lr * (1.0 if cfg.init == "scratch" else cfg.backbone_lr_scale)
-    head = build_head(head_kind, int(info["feature_dim"]), len(class_names), cfg.mlp_hidden_dim)
-    model = ClassifierModel(backbone, head)
-    y_train = torch.as_tensor(labels[labelled])
-    y_val = torch.as_tensor(labels[val_idx])
 
-    if mode == "probe":
-        backbone.to(device)
-        tr = extract_features(
-            backbone,
-            images[labelled],
-            batch_size=cfg.batch_size,
-            device=device,
-            dihedral=cfg.feature_dihedral,
-            progress=progress,
-            desc="train features",
-        )
-        va = extract_features(
-            backbone,
-            images[val_idx],
-            batch_size=cfg.batch_size,
-            device=device,
-            progress=progress,
-            desc="val features",
-        )
-        backbone.cpu()
-        if cfg.feature_dihedral:
-            train_emb = tr[0]
-            tr_x, tr_y = tr.reshape(-1, tr.shape[-1]), y_train.repeat(tr.shape[0])
-        else:
-            train_emb, tr_x, tr_y = tr, tr, y_train
-        history, best = train_probe(
-            head,
-            tr_x,
-            tr_y,
-            va,
-            y_val,
-            class_names,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=lr,
-            weight_decay=cfg.weight_decay,
-            generator=generator,
-            device=device,
+def _load_data(
+    cfg: FinetuneConfig, dataset: Any, info: dict, progress: bool
+) -> tuple[Any, str, int | None]:
+    """The dataset (read from ``cfg.data`` unless given) with the run's preprocessing."""
+    normalize = cfg.normalize
+    if normalize == "auto":
+        normalize = info.get("normalize") or "minmax"
+    image_size = cfg.image_size if cfg.image_size is not None else info.get("image_size")
+    if dataset is None:
+        dataset = load_dataset(
+            cfg.data,
+            nan_policy=cfg.nan_policy,
+            normalize=normalize,
+            image_size=image_size,
+            allow_pickle=cfg.allow_pickle,
             progress=progress,
         )
+    return dataset, normalize, image_size
+
+
+def _fit_probe(
+    cfg: FinetuneConfig,
+    model: ClassifierModel,
+    data: FinetuneData,
+    lr: float,
+    generator: torch.Generator,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[dict], dict, torch.Tensor]:
+    """Cache frozen features (dihedral copies too, if asked) and train the head on them.
+
+    Returns:
+        ``(history, best, train_emb)`` with ``train_emb`` the (N_labelled, D) CPU features of
+        the labelled images themselves.
+    """
+    backbone = model.backbone
+    backbone.to(device)
+    tr = embed(
+        backbone,
+        data.images[data.labelled],
+        device,
+        cfg.batch_size,
+        dihedral=cfg.feature_dihedral,
+        progress=progress,
+        desc="train features",
+    ).cpu()
+    va = embed(
+        backbone,
+        data.images[data.val_idx],
+        device,
+        cfg.batch_size,
+        progress=progress,
+        desc="val features",
+    ).cpu()
+    backbone.cpu()
+    y_train = torch.as_tensor(data.labels[data.labelled])
+    if cfg.feature_dihedral:
+        train_emb = tr[0]
+        tr_x, tr_y = tr.reshape(-1, tr.shape[-1]), y_train.repeat(tr.shape[0])
     else:
-        history, best = train_end_to_end(
-            model,
-            torch.as_tensor(images[labelled]),
-            y_train,
-            torch.as_tensor(images[val_idx]),
-            y_val,
-            class_names,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=lr,
-            backbone_lr=backbone_lr,
-            weight_decay=cfg.weight_decay,
-            augment=cfg.augment,
-            generator=generator,
-            device=device,
-            progress=progress,
-        )
-        train_emb = None
-    model.cpu().eval()
-    keep_emb = labelled
+        train_emb, tr_x, tr_y = tr, tr, y_train
+    history, best = train_probe(
+        model.head,
+        tr_x,
+        tr_y,
+        va,
+        torch.as_tensor(data.labels[data.val_idx]),
+        data.class_names,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        generator=generator,
+        device=device,
+        progress=progress,
+    )
+    return history, best, train_emb
+
+
+def _fit_end_to_end(
+    cfg: FinetuneConfig,
+    model: ClassifierModel,
+    data: FinetuneData,
+    lr: float,
+    backbone_lr: float,
+    generator: torch.Generator,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[dict], dict]:
+    """Train backbone and head on the labelled images (full fine-tune / from scratch)."""
+    return train_end_to_end(
+        model,
+        torch.as_tensor(data.images[data.labelled]),
+        torch.as_tensor(data.labels[data.labelled]),
+        torch.as_tensor(data.images[data.val_idx]),
+        torch.as_tensor(data.labels[data.val_idx]),
+        data.class_names,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=lr,
+        backbone_lr=backbone_lr,
+        weight_decay=cfg.weight_decay,
+        augment=cfg.augment,
+        generator=generator,
+        device=device,
+        progress=progress,
+    )
+
+
+def _train_embeddings(
+    cfg: FinetuneConfig,
+    model: ClassifierModel,
+    data: FinetuneData,
+    probe_emb: torch.Tensor | None,
+    device: torch.device,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of (at most :data:`MAX_TRAIN_EMBEDDINGS`) labelled images, for kNN evaluation.
+
+    Returns:
+        ``(embeddings (K, D) float32, labels (K,) int64)``.
+    """
+    labelled = data.labelled
     if len(labelled) > MAX_TRAIN_EMBEDDINGS:
         rng = np.random.default_rng(cfg.seed)
-        keep_emb = np.sort(rng.choice(len(labelled), MAX_TRAIN_EMBEDDINGS, replace=False))
+        keep = np.sort(rng.choice(len(labelled), MAX_TRAIN_EMBEDDINGS, replace=False))
     else:
-        keep_emb = np.arange(len(labelled))
-    if train_emb is None:
+        keep = np.arange(len(labelled))
+    if probe_emb is None:
         model.to(device)
-        train_emb = extract_features(
+        emb = embed(
             model.backbone,
-            images[labelled[keep_emb]],
-            batch_size=cfg.batch_size,
-            device=device,
+            data.images[labelled[keep]],
+            device,
+            cfg.batch_size,
             progress=progress,
             desc="train embeddings",
-        )
+        ).cpu()
         model.cpu()
     else:
-        train_emb = train_emb[torch.as_tensor(keep_emb)]
+        emb = probe_emb[torch.as_tensor(keep)]
+    return emb.numpy(), data.labels[labelled[keep]]
 
-    spec = {
+
+def _model_spec(
+    cfg: FinetuneConfig, info: dict, data: FinetuneData, mode: str, head_kind: str
+) -> dict[str, Any]:
+    """What :func:`deeplense_ssl.inference.load_finetuned` needs to rebuild the model."""
+    return {
         "backbone": info["backbone"],
         "stem": info["stem"],
         "in_chans": int(info["in_chans"]),
@@ -673,26 +608,42 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         "mlp_hidden_dim": int(cfg.mlp_hidden_dim),
         "init": cfg.init,
         "mode": mode,
-        "class_names": class_names,
-        "normalize": normalize,
-        "image_size": image_size,
-        "norm_stats": _plain(norm_stats),
-        "input_hw": [int(images.shape[2]), int(images.shape[3])],
+        "class_names": data.class_names,
+        "normalize": data.normalize,
+        "image_size": data.image_size,
+        "norm_stats": to_jsonable(data.norm_stats),
+        "input_hw": [int(data.images.shape[2]), int(data.images.shape[3])],
         "nan_policy": cfg.nan_policy,
     }
-    counts = {n: int((labels[labelled] == k).sum()) for k, n in enumerate(class_names)}
-    summary = {
+
+
+def _data_summary(cfg: FinetuneConfig, data: FinetuneData) -> dict[str, Any]:
+    """Counts of the data, splits and labelled subset (the run config's ``data_summary``)."""
+    labels, labelled, names = data.labels, data.labelled, data.class_names
+    return {
         "data": str(cfg.data),
         "n_images": int(len(labels)),
-        "class_counts": {n: int((labels == k).sum()) for k, n in enumerate(class_names)},
-        "n_train_pool": int(len(splits["train"])),
+        "class_counts": {n: int((labels == k).sum()) for k, n in enumerate(names)},
+        "n_train_pool": int(len(data.train_pool)),
         "n_train_labelled": int(len(labelled)),
-        "train_labelled_class_counts": counts,
-        "n_val": int(len(val_idx)),
+        "train_labelled_class_counts": {
+            n: int((labels[labelled] == k).sum()) for k, n in enumerate(names)
+        },
+        "n_val": int(len(data.val_idx)),
         "label_fraction": float(cfg.label_fraction),
-        "image_shape": list(images.shape[1:]),
-        "nan_report": _plain(getattr(dataset, "nan_report", None)),
+        "image_shape": list(data.images.shape[1:]),
+        "nan_report": to_jsonable(data.nan_report),
     }
+
+
+def _run_config(
+    cfg: FinetuneConfig,
+    info: dict,
+    data: FinetuneData,
+    spec: dict,
+    resolved: dict[str, Any],
+) -> dict[str, Any]:
+    """The finetune run's ``config.json`` content."""
     pretrain = None
     if cfg.checkpoint:
         pretrain = {
@@ -702,62 +653,27 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
             "epoch": info.get("epoch"),
             "config": info.get("config"),
         }
-    run_config = {
-        "kind": RUN_KIND,
+    return {
+        "kind": FINETUNE_KIND,
         "deeplense_ssl_version": __version__,
         "config": config_to_dict(cfg),
-        "resolved": {
-            "mode": mode,
-            "lr": lr,
-            "backbone_lr": backbone_lr if mode == "end_to_end" else None,
-            "normalize": normalize,
-            "image_size": image_size,
-            "device": str(device),
-        },
+        "resolved": resolved,
         "spec": spec,
         "pretrain": pretrain,
-        "data_summary": summary,
+        "data_summary": _data_summary(cfg, data),
     }
-    val_metrics = {
+
+
+def _val_record(cfg: FinetuneConfig, data: FinetuneData, best: dict) -> dict[str, Any]:
+    """``val_metrics.json``: the kept epoch and how it was chosen."""
+    return {
         "selection": "best validation macro ROC-AUC (ties: lower validation loss)",
         "best_epoch": best["epoch"],
         **{k: v for k, v in best.items() if k.startswith("val_")},
-        "n_val": int(len(val_idx)),
-        "n_train_labelled": int(len(labelled)),
+        "n_val": int(len(data.val_idx)),
+        "n_train_labelled": int(len(data.labelled)),
         "label_fraction": float(cfg.label_fraction),
     }
-    _write_run(
-        Path(cfg.out),
-        model,
-        spec,
-        run_config,
-        history,
-        val_metrics,
-        labelled,
-        train_emb.numpy(),
-        labels[labelled[keep_emb]],
-    )
-    return Path(cfg.out)
-
-
-def _plain(obj: Any) -> Any:
-    if obj is None:
-        return None
-    if hasattr(obj, "__dataclass_fields__"):
-        import dataclasses
-
-        return {k: _plain(v) for k, v in dataclasses.asdict(obj).items()}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, str | int | float | bool):
-        return obj
-    return str(obj)
 
 
 def _write_run(
@@ -771,11 +687,10 @@ def _write_run(
     train_emb: np.ndarray,
     train_emb_labels: np.ndarray,
 ) -> None:
-    """Write every file of the run folder, each atomically, after training has succeeded."""
-    from .checkpoint import save_checkpoint
-
+    """Write every file of the run folder, each atomically, after training has succeeded
+    (``model.pt`` last: its presence marks a finished run)."""
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "label_subset.npy") as tmp:
+    with atomic_output(out / LABEL_SUBSET_FILE) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, labelled.astype(np.int64))
     with atomic_output(out / TRAIN_EMBEDDINGS_FILE) as tmp:
@@ -783,12 +698,10 @@ def _write_run(
             np.savez_compressed(
                 fh, embeddings=train_emb.astype(np.float32), labels=train_emb_labels
             )
-    write_text_atomic(
-        out / "metrics.jsonl", "".join(json.dumps(_plain(row)) + "\n" for row in history)
-    )
-    write_text_atomic(out / "val_metrics.json", json.dumps(_plain(val_metrics), indent=2) + "\n")
-    _plot_history(history, val_metrics["best_epoch"], out / "history.png")
-    write_text_atomic(out / "config.json", json.dumps(_plain(run_config), indent=2) + "\n")
+    write_jsonl(out / METRICS_FILE, history)
+    write_json(out / VAL_METRICS_FILE, val_metrics)
+    plot_finetune_history(history, val_metrics["best_epoch"], out / HISTORY_PLOT_FILE)
+    write_json(out / CONFIG_FILE, run_config)
     save_checkpoint(
         out / MODEL_FILE,
         {
@@ -801,26 +714,77 @@ def _write_run(
     )
 
 
-def _plot_history(history: list[dict], best_epoch: int, path: Path) -> None:
-    """Training / validation loss and validation AUC / accuracy against the epoch."""
-    import matplotlib
+def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) -> Path:
+    """Train a classifier on a (pretrained) backbone with a fraction of the labels.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        cfg: the resolved finetune config (see the module docstring for the modes).
+        progress: show progress bars.
+        dataset: an already loaded :class:`deeplense_ssl.datasets.ImageSet` (skips reading
+            ``cfg.data``; it must be normalised as the pretraining was).
 
-    epochs = [r["epoch"] for r in history]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax0.plot(epochs, [r["train_loss"] for r in history], "o-", ms=3, label="train")
-    ax0.plot(epochs, [r["val_loss"] for r in history], "o-", ms=3, label="validation")
-    ax0.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax0.legend()
-    auc = [np.nan if r["val_auc_macro"] is None else r["val_auc_macro"] for r in history]
-    ax1.plot(epochs, auc, "o-", ms=3, label="val macro AUC")
-    ax1.plot(epochs, [r["val_acc"] for r in history], "o-", ms=3, label="val accuracy")
-    ax1.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"kept (epoch {best_epoch})")
-    ax1.set(xlabel="epoch", title="validation", ylim=(0, 1.02))
-    ax1.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    Returns:
+        The run folder ``cfg.out``.
+
+    Raises:
+        ConfigError: an impossible mode (``--random-init`` with ``--head full``).
+        CheckpointError: unusable pretrain run; backbone channels differ from the data's.
+        DataError: unreadable data, or fewer than two classes.
+    """
+    cfg.validate()
+    if cfg.init == "random" and cfg.head == "full":
+        raise ConfigError(
+            "--random-init keeps the random backbone frozen; with --head full use --from-scratch."
+        )
+    device = resolve_device(cfg.device)
+    generator = seed_everything(cfg.seed)
+    # the order of the random draws (backbone init, splits, head init) is part of the contract
+    backbone, info = _resolve_backbone(cfg, None) if cfg.checkpoint else (None, {})
+    dataset, normalize, image_size = _load_data(cfg, dataset, info, progress)
+    if backbone is None:
+        backbone, info = _resolve_backbone(cfg, int(np.asarray(dataset.images).shape[1]))
+    _check_data(cfg, dataset, info, image_size)
+    data = _split(cfg, dataset, normalize, image_size)
+
+    mode = "end_to_end" if cfg.init == "scratch" or cfg.head == "full" else "probe"
+    head_kind = "mlp" if cfg.head == "mlp" else "linear"
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[mode]
+    backbone_lr = lr * (1.0 if cfg.init == "scratch" else cfg.backbone_lr_scale)
+    head = build_classifier_head(
+        head_kind, int(info["feature_dim"]), len(data.class_names), cfg.mlp_hidden_dim
+    )
+    model = ClassifierModel(backbone, head)
+    probe_emb = None
+    if mode == "probe":
+        history, best, probe_emb = _fit_probe(cfg, model, data, lr, generator, device, progress)
+    else:
+        history, best = _fit_end_to_end(
+            cfg, model, data, lr, backbone_lr, generator, device, progress
+        )
+    model.cpu().eval()
+    train_emb, train_emb_labels = _train_embeddings(cfg, model, data, probe_emb, device, progress)
+
+    spec = _model_spec(cfg, info, data, mode, head_kind)
+    resolved = {
+        "mode": mode,
+        "lr": lr,
+        "backbone_lr": backbone_lr if mode == "end_to_end" else None,
+        "normalize": normalize,
+        "image_size": image_size,
+        "device": str(device),
+    }
+    run_config = _run_config(cfg, info, data, spec, resolved)
+    val_metrics = _val_record(cfg, data, best)
+    out = Path(cfg.out)
+    _write_run(
+        out,
+        model,
+        spec,
+        run_config,
+        history,
+        val_metrics,
+        data.labelled,
+        train_emb,
+        train_emb_labels,
+    )
+    return out

@@ -10,6 +10,9 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
+CLASSIFIER_HEADS = ("linear", "mlp", "full")
+"""Classifier head names of :func:`build_classifier_head` (``full`` also trains the backbone)."""
+
 
 def _check_dims(**dims: int) -> None:
     for name, value in dims.items():
@@ -131,8 +134,9 @@ def build_classifier_head(
     """Classifier head by name, as ``FinetuneConfig.head`` spells it.
 
     Args:
-        head: ``linear`` or ``full`` (a :class:`LinearHead`; with ``full`` the backbone is trained
-            too, which is the caller's business), or ``mlp`` (an :class:`MLPHead`).
+        head: one of :data:`CLASSIFIER_HEADS`: ``linear`` or ``full`` (a :class:`LinearHead`;
+            with ``full`` the backbone is trained too, which is the caller's business), or
+            ``mlp`` (an :class:`MLPHead`).
         in_dim: feature width.
         num_classes: number of classes.
         hidden_dim: hidden width of the ``mlp`` head.
@@ -145,4 +149,4 @@ def build_classifier_head(
         return LinearHead(in_dim, num_classes)
     if head == "mlp":
         return MLPHead(in_dim, num_classes, hidden_dim=hidden_dim, dropout=dropout)
-    raise ConfigError(f"head={head!r} is not one of linear, mlp, full.")
+    raise ConfigError(f"head={head!r} is not one of {', '.join(CLASSIFIER_HEADS)}.")

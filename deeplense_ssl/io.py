@@ -46,12 +46,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import io
 import json
+import math
 import os
 import pickle
 import re
+import shutil
+import stat
 import tempfile
+import time
+import tokenize
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -61,35 +70,276 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import DataError
+from .errors import DataError, DeepLenseError, OutputError
+
+try:  # POSIX: a live writer holds a lock on its temporary file (see remove_stale_temporaries)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 HDF5_FORMAT = "deeplense_ssl.v1"
+MAX_CLASSES = 100_000  # more class indices than this is a corrupt label file, not a dataset
+HDF5_MAX_CHUNK_BYTES = 2**32 - 1  # HDF5 refuses chunks of 4 GiB or more
+_PROCESS_START = time.time()  # temporaries older than this cannot be this process's own
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+_NEARLY_FULL_BYTES = 1 << 20  # a failed write with less free space than this: the disk is full
+# errors raised while reading a .npy header (numpy parses it with ast / tokenize)
+_NPY_HEADER_ERRORS = (ValueError, OSError, EOFError, SyntaxError, TypeError, tokenize.TokenError)
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+def format_bytes(n: float) -> str:
+    """``4398046511104`` -> ``'4.0 TiB'`` (binary units, for messages)."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still allocate, in bytes (None where unknown).
+
+    The smaller of the system's available memory (``MemAvailable`` of ``/proc/meminfo``, else
+    ``os.sysconf`` free pages) and what is left of a cgroup (container) memory limit.
+    """
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:
+            found.append(max(0, limit - usage))
+    return min(found) if found else None
+
+
+def require_memory(
+    nbytes: int, what: str, *, path: object = None, error: type = DataError, hint: str = ""
+) -> None:
+    """Refuse, before allocating, anything larger than the memory available.
+
+    Args:
+        nbytes: bytes about to be allocated (Python int: no overflow for absurd sizes).
+        what: what needs them, for the message (e.g. ``"one image of shape (1, 10**6, 10**6)"``).
+        path: file named in the message (``DataError``).
+        error: exception class: :class:`DataError` for sizes declared by a file,
+            ``ConfigError`` for sizes asked for by an option.
+        hint: what to do, appended to the message.
+
+    Raises:
+        error: ``nbytes`` exceeds :func:`available_memory_bytes`.
+    """
+    available = available_memory_bytes()
+    if available is None or nbytes <= available:
+        return
+    message = (
+        f"{what} needs {format_bytes(nbytes)} of memory, more than the "
+        f"{format_bytes(available)} available{hint}."
+    )
+    raise error(message, path) if path is not None else error(message)
+
+
+def _existing_folder(path: Path) -> Path:
+    folder = path.parent.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def require_disk_space(path: str | Path, nbytes: int) -> None:
+    """Refuse to start writing ``path`` when its folder has less than ``nbytes`` free.
+
+    A first line of defence before a long write; :func:`atomic_output` still turns a disk that
+    fills up during the write into an :class:`OutputError`.
+
+    Raises:
+        OutputError: not enough free space (message: ``no space left on <folder>: ...``).
+    """
+    path = Path(path)
+    folder = _existing_folder(path)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise OutputError(
+            f"no space left on {folder}: writing {path} needs about {format_bytes(nbytes)} but "
+            f"only {format_bytes(free)} is free; free some space or choose another output "
+            "folder.",
+            path,
+            errno.ENOSPC,
+        )
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def output_error(exc: OSError, target: str | Path) -> OutputError:
+    """One clear :class:`OutputError` for a failed write of ``target`` (names the target file,
+    never the temporary one, and the folder when it is full)."""
+    target = Path(target)
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NO_SPACE:
+        message = (
+            f"no space left on {target.parent}: cannot write {target} ({reason}); free some "
+            "space or choose another output folder."
+        )
+    elif exc.errno in _NOT_WRITABLE:
+        message = (
+            f"cannot write {target} ({reason}): the folder is read-only or not writable by you; "
+            "choose another output folder."
+        )
+    else:
+        message = f"cannot write {target} ({reason}); check the folder and the disk."
+    return OutputError(message, target, exc.errno)
+
+
+def _write_failure(exc: BaseException, target: Path, tmp: Path) -> OutputError | None:
+    """The :class:`OutputError` that ``exc`` (raised while writing ``tmp``) means, if any."""
+    if isinstance(exc, DeepLenseError) or not isinstance(exc, Exception):
+        return None  # already clear, or Ctrl-C / SIGTERM: keep as is
+    if isinstance(exc, OSError) and exc.errno is not None:
+        ours = exc.filename is None or str(exc.filename) in (str(tmp), str(target))
+        if exc.errno in _NO_SPACE | _NOT_WRITABLE | {errno.EIO} and ours:
+            return output_error(exc, target)
+    try:  # libraries that hide the errno (torch.save: "unexpected pos"): is the disk full?
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        return None
+    if free >= _NEARLY_FULL_BYTES:
+        return None
+    return OutputError(
+        f"no space left on {target.parent}: cannot write {target} ({format_bytes(free)} free; "
+        f"{type(exc).__name__}: {_one_line(exc)}); free some space or choose another output folder.",
+        target,
+        errno.ENOSPC,
+    )
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _temporary_name_pattern(name: str) -> re.Pattern[str]:
+    """Names :func:`atomic_output` gives the temporaries of ``name``: ``.NAME.XXXXXXXX.tmp``."""
+    return re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive POSIX record lock on ``fd`` without waiting; False if another process
+    holds it. (Record locks, not ``flock``: HDF5 locks its files with ``flock``.)"""
+    if fcntl is None:  # pragma: no cover - Windows
+        return True
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete temporaries of ``path`` left by a killed writer (SIGKILL, power loss).
+
+    Only files named like :func:`atomic_output`'s temporaries of this very target
+    (``.NAME.XXXXXXXX.tmp`` beside it), regular files, last modified before this process
+    started, and not locked by a live writer are removed.
+
+    Returns:
+        The files removed.
+    """
+    final = Path(path)
+    pattern = _temporary_name_pattern(final.name)
+    removed: list[Path] = []
+    try:
+        entries = [e for e in os.scandir(final.parent) if pattern.fullmatch(e.name)]
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or info.st_mtime >= _PROCESS_START:
+                continue
+            fd = os.open(entry.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if _lock(fd):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
-    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched,
-    so a failure never leaves a partial output. The file and then its folder are fsynced, so after
-    a crash or power loss a reader sees the previous complete file or the new complete file.
+    On any exception (Ctrl-C and SIGTERM included) the temporary file is removed and ``path`` is
+    untouched, so a failure never leaves a partial output. The file and then its folder are
+    fsynced, so after a crash or power loss a reader sees the previous complete file or the new
+    complete file. Temporaries of ``path`` left by a killed earlier run are removed first
+    (:func:`remove_stale_temporaries`).
+
+    Raises:
+        OutputError: the folder is full, read-only or not writable (naming ``path``, not the
+            temporary file). A library error that hides the cause (``torch.save``'s
+            ``RuntimeError``) while the disk is full also becomes "no space left on <folder>".
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise output_error(exc, final) from exc
+    tmp = Path(tmp_name)
+    try:
+        _lock(fd)  # marks the temporary as live for remove_stale_temporaries in other processes
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
+        failure = _write_failure(exc, final, tmp)
         tmp.unlink(missing_ok=True)
+        if failure is not None:
+            raise failure from exc
         raise
+    finally:
+        os.close(fd)
     _fsync_dir(final.parent)
 
 
@@ -160,12 +410,55 @@ def write_hdf5(
     return Path(path)
 
 
+class _GuardedFile(io.FileIO):
+    """The file under h5py's ``fileobj`` driver: a failed write never reaches HDF5.
+
+    HDF5 that meets ``ENOSPC`` in a write or flush is left in a state where closing the file
+    fails and the interpreter then crashes at exit with a segmentation fault (h5py 3.16, HDF5
+    2.0, measured on a full 2 MiB tmpfs). Here the first ``OSError`` of a write is kept in
+    :attr:`error` and the write reports success; later writes are skipped. The writer checks
+    :attr:`error` after each block and at the end and raises an :class:`OutputError`.
+    """
+
+    error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(view):
+            try:
+                written = super().write(view[done:])
+            except OSError as exc:
+                self.error = exc
+                break
+            if not written:
+                self.error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                break
+            done += written
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.tell() if size is None else size
+
+
+def _storable(text: Any) -> str:
+    """``text`` as valid UTF-8 (file names may hold undecodable bytes, kept as ``\\udcXX``)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class HDF5Writer:
     """Write the package's HDF5 layout block by block, atomically (for data larger than memory).
 
     Use as a context manager; the file appears under its final name only when the block exits
     without error. Fewer rows than announced (e.g. images dropped by ``nan_policy="drop"``)
-    are fine: the datasets are shrunk on close.
+    are fine: the datasets are shrunk on close. Before anything is written, the announced size
+    is checked against the free disk space (:func:`require_disk_space`); a disk that fills up
+    anyway is an :class:`OutputError` naming the folder, and the temporary file is removed.
 
     Args:
         path: final output file.
@@ -199,23 +492,41 @@ class HDF5Writer:
         self.n = 0
         self._ctx: Any = None
         self._file: Any = None
+        self._fh: _GuardedFile | None = None
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of one stored float32 image."""
+        return 4 * math.prod(self.image_shape)
+
+    def estimated_bytes(self) -> int:
+        """Upper estimate of the file size for ``n_max`` images (images, labels, counts,
+        source names and HDF5 overhead; per-image parameters are small next to images)."""
+        return self.n_max * (self.image_bytes + 128) + (1 << 20)
+
+    def _check_shape(self) -> None:
+        if len(self.image_shape) != 3 or min(self.image_shape) < 1:
+            raise DataError(f"image shape must be (C, H, W), got {self.image_shape}.", self.path)
+        if self.image_bytes > HDF5_MAX_CHUNK_BYTES:
+            raise DataError(
+                f"one image of shape {self.image_shape} is {format_bytes(self.image_bytes)}, "
+                "more than HDF5's 4 GiB chunk limit; use a smaller image size.",
+                self.path,
+            )
+        self.chunk_images = max(1, min(self.chunk_images, HDF5_MAX_CHUNK_BYTES // self.image_bytes))
 
     def __enter__(self) -> HDF5Writer:
         import h5py
 
-        if len(self.image_shape) != 3:
-            raise DataError(f"image shape must be (C, H, W), got {self.image_shape}.", self.path)
+        self._check_shape()
         if self.path.is_dir():
             raise DataError("is a folder; give a file name such as data.h5 for --out.", self.path)
+        require_disk_space(self.path, self.estimated_bytes())
         self._ctx = atomic_output(self.path)
+        tmp = self._ctx.__enter__()
         try:
-            tmp = self._ctx.__enter__()
-        except OSError as exc:
-            raise DataError(
-                f"cannot write here ({exc.strerror}); choose another --out.", self.path
-            ) from exc
-        try:
-            f = self._file = h5py.File(tmp, "w")
+            self._fh = _GuardedFile(tmp, "r+")
+            f = self._file = h5py.File(self._fh, "w")
             n = self.n_max
             chunks = (min(self.chunk_images, n),) + self.image_shape if n else None
             f.create_dataset(
@@ -225,25 +536,28 @@ class HDF5Writer:
                 chunks=chunks,
                 maxshape=(None, *self.image_shape),
             )
-            for name in ("labels", "nan_counts"):
+            for name, dtype in (
+                ("labels", np.int64),
+                ("nan_counts", np.int64),
+                ("sources", h5py.string_dtype()),
+            ):
                 f.create_dataset(
                     name,
                     (n,),
-                    np.int64,
+                    dtype,
                     chunks=(max(1, min(n, 65536)),) if n else None,
                     maxshape=(None,),
                 )
-            f.create_dataset(
-                "sources",
-                (n,),
-                h5py.string_dtype(),
-                chunks=(max(1, min(n, 65536)),) if n else None,
-                maxshape=(None,),
-            )
+            self._check_io()
         except BaseException as exc:
             self._abort(exc)
             raise
         return self
+
+    def _check_io(self) -> None:
+        """Raise the write error the guarded file swallowed, if any."""
+        if self._fh is not None and self._fh.error is not None:
+            raise output_error(self._fh.error, self.path)
 
     def append(
         self,
@@ -262,7 +576,28 @@ class HDF5Writer:
             sources: (B,) source names.
             nan_counts: (B,) non-finite pixels found in each source image before cleaning.
             params: per-image parameters, arrays with leading dimension B (NaN = unknown).
+
+        Raises:
+            DataError: a malformed block.
+            OutputError: the disk is full or the file cannot be written.
         """
+        try:
+            self._append(images, labels, sources, nan_counts, params)
+        except DeepLenseError:
+            raise
+        except Exception:  # after a swallowed write error h5py may fail in any way
+            self._check_io()
+            raise
+        self._check_io()
+
+    def _append(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        sources: Sequence[str] | None,
+        nan_counts: np.ndarray | None,
+        params: Mapping[str, np.ndarray] | None,
+    ) -> None:
         f = self._file
         images = np.asarray(images)
         labels = np.asarray(labels)
@@ -280,20 +615,24 @@ class HDF5Writer:
             raise DataError("images contain NaN/inf; clean them first (nan_policy).", self.path)
         if self.n + b > self.n_max:
             raise DataError(f"more than the announced {self.n_max} images.", self.path)
+        names = [""] * b if sources is None else [_storable(v) for v in sources]
+        if len(names) != b:
+            raise DataError(f"{b} images but {len(names)} source names.", self.path)
         lo, hi = self.n, self.n + b
         if b:
             f["images"][lo:hi] = images.astype(np.float32, copy=False)
             f["labels"][lo:hi] = labels.astype(np.int64, copy=False)
             counts = np.zeros(b, np.int64) if nan_counts is None else np.asarray(nan_counts)
             f["nan_counts"][lo:hi] = counts.astype(np.int64, copy=False)
-            names = [""] * b if sources is None else [str(v) for v in sources]
-            if len(names) != b:
-                raise DataError(f"{b} images but {len(names)} source names.", self.path)
             f["sources"][lo:hi] = np.array(names, dtype=object)
         for key, value in (params or {}).items():
             value = np.asarray(value)
-            if len(value) != b:
-                raise DataError(f"params/{key} has {len(value)} rows for {b} images.", self.path)
+            if value.ndim == 0 or len(value) != b or value.dtype.kind not in "fiub":
+                raise DataError(
+                    f"params/{key} must be a numeric array with {b} rows, got shape "
+                    f"{value.shape} and dtype {value.dtype}.",
+                    self.path,
+                )
             name = f"params/{key}"
             if name not in f:
                 fill = np.nan if np.issubdtype(value.dtype, np.floating) else 0
@@ -312,29 +651,59 @@ class HDF5Writer:
         if exc is not None:
             self._abort(exc)
             return
-        f = self._file
         try:
-            if self.n != self.n_max:
-                for name in ("images", "labels", "nan_counts", "sources"):
-                    f[name].resize(self.n, axis=0)
-                for ds in f.get("params", {}).values():
-                    ds.resize(self.n, axis=0)
-            f.attrs["format"] = HDF5_FORMAT
-            f.attrs["class_names"] = json.dumps(self.class_names)
-            f.attrs["deeplense_ssl_version"] = __version__
-            f.attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            for key, value in self.attrs.items():
-                f.attrs[key] = value if isinstance(value, str | int | float) else json.dumps(value)
-            f.close()
+            self._finish()
+            self._file.close()
+            self._check_io()
+            self._fh.close()
         except BaseException as err:
             self._abort(err)
             raise
         self._ctx.__exit__(None, None, None)
 
+    def _finish(self) -> None:
+        """Shrink to the rows written and store the attributes."""
+        f = self._file
+        if self.n != self.n_max:
+            for name in ("images", "labels", "nan_counts", "sources"):
+                f[name].resize(self.n, axis=0)
+            for ds in f.get("params", {}).values():
+                ds.resize(self.n, axis=0)
+        attrs = {
+            "format": HDF5_FORMAT,
+            "class_names": json.dumps([_storable(c) for c in self.class_names]),
+            "deeplense_ssl_version": __version__,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        for key, value in self.attrs.items():
+            if isinstance(value, str):
+                attrs[key] = _storable(value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                attrs[key] = value
+            else:
+                attrs[key] = json.dumps(value, default=str)
+        for key, value in attrs.items():
+            try:
+                f.attrs[key] = value
+            except (TypeError, ValueError, RuntimeError, OSError) as exc:
+                self._check_io()
+                raise DataError(f"cannot store attribute {key!r} ({exc}).", self.path) from exc
+
     def _abort(self, exc: BaseException) -> None:
+        """Close everything, remove the temporary file; raise the write error if there was one."""
         if self._file is not None:
             with contextlib.suppress(Exception):
                 self._file.close()
+        error = self._fh.error if self._fh is not None else None
+        if self._fh is not None:
+            with contextlib.suppress(Exception):
+                self._fh.close()
+        if self._ctx is None:
+            return
+        if error is not None and not isinstance(exc, OutputError | KeyboardInterrupt):
+            failure = output_error(error, self.path)  # the cause, whatever h5py said after it
+            self._ctx.__exit__(OutputError, failure, None)
+            raise failure from exc
         self._ctx.__exit__(type(exc), exc, exc.__traceback__)
 
 
@@ -909,7 +1278,12 @@ def _as_labels(labels: Any, path: Path) -> np.ndarray:
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset in bytes) from a .npy header."""
+    """(shape, dtype, data offset in bytes) from a .npy header.
+
+    Raises:
+        DataError: no .npy header, a corrupt one (numpy's parser can fail with a
+            ``tokenize`` or syntax error), or a structured / sub-array dtype.
+    """
     try:
         with open(path, "rb") as fh:
             version = np.lib.format.read_magic(fh)
@@ -918,13 +1292,34 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
             offset = fh.tell()
-    except (ValueError, OSError, EOFError) as exc:
+    except _NPY_HEADER_ERRORS as exc:
         raise DataError(
-            f"not a readable .npy file ({exc}); it may be corrupt or truncated: re-create or "
-            "re-download it.",
+            f"not a readable .npy file ({_one_line(exc)}); it may be corrupt or truncated: "
+            "re-create or re-download it.",
             path,
         ) from exc
-    return shape, dtype, offset
+    _check_npy_dtype(dtype, path)
+    return tuple(int(v) for v in shape), dtype, offset
+
+
+def _check_npy_dtype(dtype: np.dtype, path: object) -> None:
+    if (dtype.names is not None or dtype.subdtype is not None) and not dtype.hasobject:
+        raise DataError(
+            f"holds a structured array (dtype {dtype}); store the images as a plain numeric "
+            "array.",
+            path,
+        )
+
+
+def _check_declared_size(declared: int, available: int, path: object, lead: str) -> None:
+    """A header that promises more data bytes than the file holds is refused before reading."""
+    if declared > available:
+        raise DataError(
+            f"{lead}: the header promises {declared} data bytes "
+            f"({format_bytes(declared)}), the file holds at most {max(available, 0)}; re-create or "
+            "re-download it.",
+            path,
+        )
 
 
 def _read_npy(path: Path, *, allow_pickle: bool, mmap: bool) -> tuple[np.ndarray, dict]:
@@ -939,10 +1334,10 @@ def _read_npy(path: Path, *, allow_pickle: bool, mmap: bool) -> tuple[np.ndarray
         return _read_pickled(path)
     try:
         array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (ValueError, OSError, EOFError) as exc:
+    except (*_NPY_HEADER_ERRORS, MemoryError) as exc:
         raise DataError(
-            f"cannot read .npy ({exc}); the file is corrupt or truncated: re-create or "
-            "re-download it.",
+            f"cannot read .npy ({_one_line(exc)}); the file is corrupt or truncated: re-create "
+            "or re-download it.",
             path,
         ) from exc
     return array, {}
@@ -956,8 +1351,13 @@ def _read_npy_bytes(path: Path, *, allow_pickle: bool) -> tuple[np.ndarray, dict
 
     A folder of DeepLense files shares one header, so this is several times faster than
     ``np.load`` per file (which opens and parses each header with ``ast.literal_eval``).
+    Sizes are checked with Python integers, so an absurd declared shape (say
+    ``(2**32, 2**32)``) is a clear error, never an overflow or a huge allocation.
     """
     try:
+        size = path.stat().st_size
+        if size > 1 << 30:
+            require_memory(size, "reading this file", path=path)
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read file ({exc.strerror}).", path) from exc
@@ -982,13 +1382,10 @@ def _read_npy_bytes(path: Path, *, allow_pickle: bool) -> tuple[np.ndarray, dict
         if len(_NPY_HEADERS) < 256:
             _NPY_HEADERS[head] = info
     shape, fortran, dtype = info
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(data) - start < count * dtype.itemsize:
-        raise DataError(
-            f"cannot read .npy: truncated ({len(data) - start} of {count * dtype.itemsize} data "
-            "bytes); re-create or re-download it.",
-            path,
-        )
+    count = math.prod(shape)
+    _check_declared_size(
+        count * dtype.itemsize, len(data) - start, path, "cannot read .npy, truncated"
+    )
     array = np.frombuffer(data, dtype, count, start).reshape(shape, order="F" if fortran else "C")
     return array, {}
 
@@ -1029,14 +1426,8 @@ def _open_npy(path: Path, allow_pickle: bool, labels: Any, class_names: Any) -> 
         return _ArraySource(
             path, "npy", _stack_one(image, path), labels, class_names, src_params, meta=meta
         )
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    data_bytes = path.stat().st_size - offset
-    if data_bytes < expected:
-        raise DataError(
-            f"truncated .npy: header promises {expected} data bytes, file has only {data_bytes} "
-            "bytes; re-create or re-download it.",
-            path,
-        )
+    declared = math.prod(shape) * dtype.itemsize
+    _check_declared_size(declared, path.stat().st_size - offset, path, "truncated .npy")
     array, _ = _read_npy(path, allow_pickle=False, mmap=True)
     return _ArraySource(path, "npy", array, labels, class_names, meta={"memmap": True})
 
@@ -1047,45 +1438,106 @@ def _stack_one(image: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"expected one image per pickled file, got shape {image.shape}.", path)
 
 
+_NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 def _open_npz(
     path: Path, allow_pickle: bool, labels: Any, images_key: Any, labels_key: Any, class_names: Any
 ) -> Source:
-    import zipfile
-
+    _refuse_npy_named_npz(path)
     try:
         npz = np.load(path, allow_pickle=allow_pickle)
-        keys = list(npz.keys())
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except _NPZ_ERRORS as exc:
         raise DataError(
-            f"cannot read .npz ({exc}); the file is corrupt or truncated.", path
+            f"cannot read .npz ({_one_line(exc)}); the file is corrupt or truncated.", path
         ) from exc
-    ikey = _pick_key(
-        path,
-        keys,
-        images_key,
-        IMAGE_KEYS,
-        "image",
-        "images_key (--images-key)",
-        fallback_single=True,
-    )
-    lkey = _pick_key(
-        path, keys, labels_key, LABEL_KEYS, "label", "labels_key (--labels-key)", required=False
-    )
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError("is not an .npz archive (np.savez); check the file and its extension.", path)
     try:
-        images = npz[ikey]
+        keys = list(npz.keys())
+        ikey = _pick_key(
+            path,
+            keys,
+            images_key,
+            IMAGE_KEYS,
+            "image",
+            "images_key (--images-key)",
+            fallback_single=True,
+        )
+        lkey = _pick_key(
+            path, keys, labels_key, LABEL_KEYS, "label", "labels_key (--labels-key)", required=False
+        )
+        images = _npz_member(npz, ikey, path)
         if labels is None and lkey is not None:
-            labels = npz[lkey]
+            labels = _npz_member(npz, lkey, path)
         if class_names is None and "class_names" in keys:
-            class_names = [str(c) for c in npz["class_names"]]
+            class_names = _class_name_list(
+                _npz_member(npz, "class_names", path).tolist(), path, "member 'class_names'"
+            )
+    except BaseException:
+        npz.close()
+        raise
+    if images.dtype == object:
+        npz.close()
+        raise DataError("image array is an object array; store a numeric (N, ...) array.", path)
+    return _ArraySource(path, "npz", images, labels, class_names, closer=npz.close)
+
+
+def _refuse_npy_named_npz(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise DataError(f"cannot read file ({exc.strerror}).", path) from exc
+    if magic == b"\x93NUMPY":
+        raise DataError(
+            "is a .npy file, not an .npz archive (it starts with the .npy header); rename it "
+            "to .npy.",
+            path,
+        )
+
+
+def _npz_member(npz: Any, key: str, path: Path) -> np.ndarray:
+    """Read one member of an .npz after checking its header against its stored size.
+
+    A member whose header declares more data than the archive records (or more than the
+    available memory) is refused before numpy allocates it.
+    """
+    zf = npz.zip
+    member = key + ".npy" if key + ".npy" in zf.namelist() else key
+    what = f"member {key!r}"
+    try:
+        info = zf.getinfo(member)
+        with zf.open(member) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (*_NPY_HEADER_ERRORS, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(
+            f"{what} is not a readable .npy array ({_one_line(exc)}); the file is corrupt.",
+            path,
+        ) from exc
+    _check_npy_dtype(dtype, f"{path} ({what})")
+    if not dtype.hasobject:
+        declared = math.prod(shape) * dtype.itemsize
+        _check_declared_size(declared, info.file_size - offset, path, f"truncated .npz {what}")
+        require_memory(declared, f".npz {what} of shape {tuple(shape)}", path=path)
+    try:
+        value = npz[key]
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise DataError(f"holds pickled object arrays; {PICKLE_HINT}.", path) from exc
-        raise DataError(f"cannot read .npz member ({exc}); the file is corrupt.", path) from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read .npz member ({exc}); the file is corrupt.", path) from exc
-    if images.dtype == object:
-        raise DataError("image array is an object array; store a numeric (N, ...) array.", path)
-    return _ArraySource(path, "npz", images, labels, class_names, closer=npz.close)
+        raise DataError(
+            f"cannot read .npz {what} ({_one_line(exc)}); the file is corrupt.", path
+        ) from exc
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as exc:
+        raise DataError(
+            f"cannot read .npz {what} ({_one_line(exc)}); the file is corrupt.", path
+        ) from exc
+    return np.asarray(value)
 
 
 def _pick_key(
@@ -1127,69 +1579,180 @@ def _open_hdf5(path: Path, images_key: Any, labels_key: Any, class_names: Any) -
         f = h5py.File(path, "r")
     except OSError as exc:
         raise DataError(
-            f"not a readable HDF5 file ({exc}); it may be corrupt or truncated.", path
+            f"not a readable HDF5 file ({_one_line(exc)}); it may be corrupt or truncated.", path
         ) from exc
     try:
-        datasets: dict[str, Any] = {}
-
-        def collect(name: str, obj: Any) -> None:  # visititems stops at a non-None return
-            if isinstance(obj, h5py.Dataset):
-                datasets[name] = obj
-
-        f.visititems(collect)
-        keys = list(datasets)
-        ours = f.attrs.get("format") == HDF5_FORMAT
-        ikey = _pick_key(
-            path,
-            keys,
-            images_key or ("images" if ours else None),
-            IMAGE_KEYS,
-            "image",
-            "images_key (--images-key)",
-        )
-        lkey = _pick_key(
-            path,
-            keys,
-            labels_key or ("labels" if ours else None),
-            LABEL_KEYS,
-            "label",
-            "labels_key (--labels-key)",
-            required=False,
-        )
-        images = datasets[ikey]
-        if images.dtype.kind not in "fiub":
-            raise DataError(f"dataset {ikey!r} has non-numeric dtype {images.dtype}.", path)
-        labels = datasets[lkey][()] if lkey is not None else None
-        if class_names is None and "class_names" in f.attrs:
-            raw = f.attrs["class_names"]
-            class_names = (
-                json.loads(raw)
-                if isinstance(raw, str)
-                else [c.decode() if isinstance(c, bytes) else str(c) for c in raw]
-            )
-        sources = None
-        if "sources" in datasets and len(datasets["sources"]) == len(images):
-            sources = [
-                s.decode() if isinstance(s, bytes) else str(s) for s in datasets["sources"][()]
-            ]
-        params = {}
-        if "params" in f and isinstance(f["params"], h5py.Group):
-            params = {k: v for k, v in f["params"].items() if isinstance(v, h5py.Dataset)}
-        meta: dict[str, Any] = {k: _attr(v) for k, v in f.attrs.items()}
-        meta["images_key"] = ikey
-        if "nan_counts" in datasets and len(datasets["nan_counts"]) == len(images):
-            meta["nan_counts"] = np.asarray(datasets["nan_counts"][()], np.int64)
-        return _ArraySource(
-            path, "hdf5", images, labels, class_names, params, sources, meta, closer=f.close
-        )
+        return _hdf5_source(f, path, images_key, labels_key, class_names)
+    except (OSError, RuntimeError, KeyError, TypeError) as exc:  # a corrupt object inside
+        f.close()
+        raise DataError(
+            f"cannot read the HDF5 structure ({_one_line(exc)}); the file is corrupt.", path
+        ) from exc
     except BaseException:
         f.close()
         raise
 
 
+def _hdf5_source(f: Any, path: Path, images_key: Any, labels_key: Any, class_names: Any) -> Source:
+    """Validate an open HDF5 file (every name, shape and dtype) and wrap it as a source."""
+    import h5py
+
+    datasets: dict[str, Any] = {}
+
+    def collect(name: str, obj: Any) -> None:  # visititems stops at a non-None return
+        if isinstance(obj, h5py.Dataset):
+            datasets[name] = obj
+
+    f.visititems(collect)
+    keys = list(datasets)
+    meta = _hdf5_attrs(f)
+    ours = meta.get("format") == HDF5_FORMAT
+    ikey = _pick_key(
+        path,
+        keys,
+        images_key or ("images" if ours else None),
+        IMAGE_KEYS,
+        "image",
+        "images_key (--images-key)",
+    )
+    lkey = _pick_key(
+        path,
+        keys,
+        labels_key or ("labels" if ours else None),
+        LABEL_KEYS,
+        "label",
+        "labels_key (--labels-key)",
+        required=False,
+    )
+    images = datasets[ikey]
+    if images.dtype.kind not in "fiub":
+        raise DataError(f"dataset {ikey!r} has non-numeric dtype {images.dtype}.", path)
+    if images.ndim not in (2, 3, 4):
+        raise DataError(
+            f"dataset {ikey!r} has shape {images.shape}; expected images (N, H, W), "
+            "(N, C, H, W) or (N, H, W, C), or one image (H, W).",
+            path,
+        )
+    n = len(images) if images.ndim > 2 else 1
+    labels = None
+    if lkey is not None:
+        lds = datasets[lkey]
+        if lds.ndim not in (1, 2) or lds.shape[0] != n:
+            raise DataError(
+                f"dataset {lkey!r} has shape {lds.shape} for {n} images; give one label per "
+                "image.",
+                path,
+            )
+        labels = lds[()]
+    if class_names is None and "class_names" in meta:
+        class_names = _hdf5_class_names(meta["class_names"], path)
+    sources = _hdf5_sources(datasets.get("sources"), n, ours, path)
+    params = _hdf5_params(f, n, path)
+    meta["images_key"] = ikey
+    counts = _hdf5_nan_counts(datasets.get("nan_counts"), n, ours, path)
+    if counts is not None:
+        meta["nan_counts"] = counts
+    return _ArraySource(
+        path, "hdf5", images, labels, class_names, params, sources, meta, closer=f.close
+    )
+
+
+def _hdf5_attrs(f: Any) -> dict[str, Any]:
+    """Readable attributes of the file's root (an unreadable one is skipped, not fatal)."""
+    meta: dict[str, Any] = {}
+    for key in list(f.attrs):
+        try:
+            meta[key] = _attr(f.attrs[key])
+        except (OSError, TypeError, ValueError, KeyError):
+            continue
+    return meta
+
+
+def _hdf5_class_names(raw: Any, path: Path) -> list[str]:
+    what = "attribute 'class_names'"
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise DataError(
+                f"{what} is not JSON ({_one_line(exc)}); expected a JSON list of names such as "
+                '["no_sub", "cdm"]: fix or delete the attribute.',
+                path,
+            ) from exc
+    return _class_name_list(raw, path, what)
+
+
+def _class_name_list(raw: Any, path: object, what: str) -> list[str]:
+    """Check stored class names: a list of distinct non-empty names (str or int)."""
+    ok = isinstance(raw, list | tuple) and all(
+        isinstance(c, str | bytes | int) and not isinstance(c, bool) for c in raw
+    )
+    names = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in raw] if ok else []
+    if not ok or not names or len(names) > MAX_CLASSES or "" in names:
+        raise DataError(
+            f"{what} must be a list of class names such as [\"no_sub\", \"cdm\"], got "
+            f"{_one_line(repr(raw), 80)}; fix or delete it.",
+            path,
+        )
+    if len(set(names)) != len(names):
+        raise DataError(f"{what} names a class twice: {names}; class names must differ.", path)
+    return names
+
+
+def _hdf5_sources(ds: Any, n: int, ours: bool, path: Path) -> list[str] | None:
+    if ds is None:
+        return None
+    if ds.shape != (n,) or ds.dtype.kind not in "OSU":
+        if not ours:
+            return None  # a generic file's own "sources": not ours to interpret
+        raise DataError(
+            f"dataset 'sources' has shape {ds.shape} and dtype {ds.dtype}; expected ({n},) "
+            "strings.",
+            path,
+        )
+    return [s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s) for s in ds[()]]
+
+
+def _hdf5_nan_counts(ds: Any, n: int, ours: bool, path: Path) -> np.ndarray | None:
+    if ds is None:
+        return None
+    if ds.shape != (n,) or ds.dtype.kind not in "iu":
+        if not ours:
+            return None
+        raise DataError(
+            f"dataset 'nan_counts' has shape {ds.shape} and dtype {ds.dtype}; expected ({n},) "
+            "integers.",
+            path,
+        )
+    counts = np.asarray(ds[()], np.int64)
+    if n and counts.min() < 0:
+        raise DataError("dataset 'nan_counts' holds negative counts.", path)
+    return counts
+
+
+def _hdf5_params(f: Any, n: int, path: Path) -> dict[str, Any]:
+    import h5py
+
+    group = f.get("params")
+    if not isinstance(group, h5py.Group):
+        return {}
+    params = {}
+    for key, ds in group.items():
+        if not isinstance(ds, h5py.Dataset):
+            continue
+        if ds.dtype.kind not in "fiub" or ds.ndim == 0 or ds.shape[0] != n:
+            raise DataError(
+                f"dataset 'params/{key}' has shape {ds.shape} and dtype {ds.dtype}; expected a "
+                f"numeric array with {n} rows (one per image).",
+                path,
+            )
+        params[key] = ds
+    return params
+
+
 def _attr(value: Any) -> Any:
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode("utf-8", "replace")
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -1199,24 +1762,54 @@ def _attr(value: Any) -> Any:
 
 def _read_fits(path: Path) -> np.ndarray:
     from astropy.io import fits
+    from astropy.utils.exceptions import AstropyUserWarning
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)  # we raise our own error
-            hdul = fits.open(path, memmap=False)
-        with hdul:
-            for hdu in hdul:
-                if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2:
-                    return np.asarray(hdu.data)
-    except (OSError, ValueError, TypeError, EOFError) as exc:
+            warnings.simplefilter("ignore", AstropyUserWarning)  # "may have been truncated": same
+            with fits.open(path, memmap=False) as hdul:
+                for hdu in hdul:
+                    if not hdu.is_image or int(hdu.header.get("NAXIS", 0)) < 2:
+                        continue
+                    _check_fits_size(hdu, path)
+                    if hdu.data is not None and hdu.data.ndim >= 2:
+                        return np.asarray(hdu.data)
+    except DataError:
+        raise
+    except (OSError, ValueError, TypeError, EOFError, KeyError, IndexError) as exc:
         raise DataError(
-            f"not a readable FITS file ({exc}); it may be corrupt or truncated.", path
+            f"not a readable FITS file ({_one_line(exc)}); it may be corrupt or truncated.", path
         ) from exc
     raise DataError(
         "FITS file has no image data (no HDU with a 2-D or higher array); point to a FITS "
         "image or cube.",
         path,
     )
+
+
+GZIP_MAX_RATIO = 1032  # deflate cannot expand a byte into more than about 1032 bytes
+
+
+def _check_fits_size(hdu: Any, path: Path) -> None:
+    """Refuse an image HDU whose header declares more data than the file can hold or than
+    the memory available, before astropy allocates it (NAXIS1 = NAXIS2 = 10**6: 3.6 TiB)."""
+    from astropy.io import fits
+
+    header = hdu.header
+    axes = [int(header[f"NAXIS{i}"]) for i in range(1, int(header["NAXIS"]) + 1)]
+    if min(axes) < 0:
+        raise DataError(f"FITS header declares negative axis lengths {axes}.", path)
+    declared = abs(int(header["BITPIX"])) // 8 * math.prod(axes)
+    shape = tuple(reversed(axes))
+    if not isinstance(hdu, fits.CompImageHDU):  # tile-compressed data may be much smaller
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            if fh.read(2) == b"\x1f\x8b":  # gzip: the data cannot exceed the deflate limit
+                size *= GZIP_MAX_RATIO
+        room = size - int(hdu.fileinfo()["datLoc"])
+        _check_declared_size(declared, room, path, f"truncated FITS image of shape {shape}")
+    require_memory(declared, f"the FITS image of shape {shape}", path=path)
 
 
 def _open_fits(path: Path, labels: Any, class_names: Any) -> Source:

@@ -1,4 +1,4 @@
-"""Execution environment: device choice, seeding and CPU thread settings."""
+"""Execution environment: device choice, mixed precision, seeding and CPU thread settings."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ import random
 
 import numpy as np
 import torch
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+"""Device names a config accepts (the API also takes ``cuda:N``); ``auto`` picks CUDA if any."""
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+"""Mixed-precision modes, see :func:`resolve_amp_dtype`."""
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -20,8 +28,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     Raises:
         ConfigError: CUDA asked for but not available, or an index past the visible GPUs.
     """
-    from .errors import ConfigError
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -41,6 +47,25 @@ def resolve_device(device: str = "auto") -> torch.device:
             f"--device {device}: only {n_gpus} GPU(s) are visible (cuda:0 .. cuda:{n_gpus - 1})."
         )
     return torch.device("cuda", index)
+
+
+def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of an :data:`AMP_MODES` name on ``device`` (None: full precision).
+
+    ``auto``: bf16 on a GPU that has it natively (Ampere and later), fp16 with loss scaling on
+    older GPUs (bf16 would be emulated there, slowly), full precision on the CPU.
+
+    Raises:
+        ConfigError: ``amp`` is not one of :data:`AMP_MODES`.
+    """
+    if amp not in AMP_MODES:
+        raise ConfigError(f"amp={amp!r} is not one of {', '.join(AMP_MODES)}.")
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native_bf16 else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -9,8 +9,8 @@ from torch import nn
 from deeplense_ssl.attribution import attribution_maps, last_conv_block
 from deeplense_ssl.backbones import build_backbone
 from deeplense_ssl.errors import ConfigError
-from deeplense_ssl.finetune import ClassifierModel
 from deeplense_ssl.heads import LinearHead
+from deeplense_ssl.inference import ClassifierModel
 
 
 def _model(seed=0, chans=1):

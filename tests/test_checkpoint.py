@@ -12,7 +12,7 @@ from deeplense_ssl import checkpoint as ck
 from deeplense_ssl.backbones import build_backbone, torchvision_resnet_for
 from deeplense_ssl.config import PretrainConfig
 from deeplense_ssl.errors import CheckpointError
-from deeplense_ssl.train import pretrain
+from deeplense_ssl.training import pretrain
 
 
 def _state(value: float) -> dict:

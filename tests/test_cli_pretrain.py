@@ -65,8 +65,8 @@ def test_pretrain_end_to_end_with_yaml_and_flag_precedence(tmp_path, data, capsy
 def test_pretrain_usage_and_config_errors(tmp_path, data, capsys):
     code, _, err = _run(["pretrain", "--out", str(tmp_path / "r")], capsys)
     assert code == 1 and "--data" in err
-    code, _, err = _run(["pretrain", "--data", str(data), "--method", "byol"], capsys)
-    assert code == 2 and "byol" in err
+    code, _, err = _run(["pretrain", "--data", str(data), "--method", "no-such-method"], capsys)
+    assert code == 2 and "no-such-method" in err
     code, _, err = _run(["pretrain", "--data", str(data), "--blur-sigmas-px", "1,x"], capsys)
     assert code == 2 and "comma-separated" in err
     code, _, err = _run(

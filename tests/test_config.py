@@ -43,7 +43,7 @@ def test_invalid_yaml_and_non_mapping(tmp_path):
 @pytest.mark.parametrize(
     "overrides, pattern",
     [
-        ({"data": "x", "method": "byol"}, "method"),
+        ({"data": "x", "method": "no-such-method"}, "method"),
         ({"data": "x", "nan_policy": "ignore"}, "nan_policy"),
         ({"data": "x", "temperature": 0.0}, "temperature"),
         ({"data": "x", "n_views": 1}, "n_views"),

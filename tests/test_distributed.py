@@ -17,12 +17,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from deeplense_ssl import train
-from deeplense_ssl.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from deeplense_ssl import training
+from deeplense_ssl.checkpoint import load_checkpoint
 from deeplense_ssl.config import PretrainConfig
 from deeplense_ssl.distributed import DistInfo, all_reduce_mean, shard_batch_indices
 from deeplense_ssl.errors import CheckpointError
-from deeplense_ssl.losses import NTXentLoss
+from deeplense_ssl.methods.contrastive import SimCLR
+from deeplense_ssl.runs import CHECKPOINT_FILE
+from deeplense_ssl.training.step import training_step
 
 WORLD = 2
 GLOBAL_BATCH = 8
@@ -50,10 +52,21 @@ def _global_batch() -> torch.Tensor:
     return torch.randn(GLOBAL_BATCH, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
-def _one_step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
-    objective = train.contrastive_objective(_FixedViews(), 2, NTXentLoss(0.5, True))
+def _tiny_simclr(model: nn.Module) -> SimCLR:
+    """The real SimCLR method (NT-Xent gathered across ranks) around the tiny network, with
+    deterministic views and no projection head."""
+    model.feature_dim = 8
+    cfg = PretrainConfig(data="x", temperature=0.5, n_views=2, proj_hidden_dim=4, proj_out_dim=4)
+    method = SimCLR(model, cfg, in_chans=1, image_size=8, distributed=True)
+    method.transform, method.head = _FixedViews(), nn.Identity()
+    return method
+
+
+def _one_step(model: nn.Module, x: torch.Tensor, wrap=None) -> tuple[torch.Tensor, nn.Module]:
+    method = _tiny_simclr(model)
+    net = wrap(method) if wrap is not None else method
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return train.training_step(model, x, objective, opt), model
+    return training_step(net, method, x, opt), model
 
 
 def _images() -> np.ndarray:
@@ -76,10 +89,9 @@ def _worker(rank: int, port: int, port2: int, tmp: str) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         model = _tiny_model()
-        ddp = DistributedDataParallel(model)
         idx = shard_batch_indices(torch.arange(GLOBAL_BATCH), rank, WORLD)
         grads = {}
-        loss, _ = _one_step(ddp, _global_batch()[idx])
+        loss, _ = _one_step(model, _global_batch()[idx], wrap=DistributedDataParallel)
         # the optimiser stepped already; gradients are kept until the next zero_grad
         grads = {k: p.grad.clone() for k, p in model.named_parameters()}
         mean_loss = all_reduce_mean(loss, DistInfo(rank, WORLD))
@@ -92,7 +104,7 @@ def _worker(rank: int, port: int, port2: int, tmp: str) -> None:
     # 2. the whole loop on 2 ranks, joining the group from torchrun's environment variables
     env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": WORLD, "MASTER_PORT": port2}
     os.environ.update({k: str(v) for k, v in env.items()}, MASTER_ADDR="127.0.0.1")
-    train.pretrain(_pretrain_cfg(f"{tmp}/run"), progress=False, dataset=_images())
+    training.pretrain(_pretrain_cfg(f"{tmp}/run"), progress=False, dataset=_images())
     assert not dist.is_initialized()  # pretrain destroyed the group it created
 
 
@@ -142,7 +154,7 @@ def test_ddp_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path)
     assert (tmp_path / "run" / "backbone.pt").exists()
     # resuming with another number of processes is refused (the data order would change)
     with pytest.raises(CheckpointError, match="world_size was 2 and is now 1"):
-        train.pretrain(
+        training.pretrain(
             _pretrain_cfg(str(tmp_path / "run"), resume=True, epochs=2),
             progress=False,
             dataset=_images(),

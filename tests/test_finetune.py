@@ -13,15 +13,10 @@ from deeplense_ssl.checkpoint import load_state_dict_file
 from deeplense_ssl.config import FinetuneConfig, config_from_sources
 from deeplense_ssl.datasets import load_dataset, stratified_split
 from deeplense_ssl.errors import CheckpointError, ConfigError, DataError
-from deeplense_ssl.finetune import (
-    MODEL_FILE,
-    _fold_standardisation,
-    dihedral_views,
-    extract_features,
-    finetune,
-    load_finetuned,
-)
+from deeplense_ssl.finetune import _fold_standardisation, finetune
 from deeplense_ssl.heads import LinearHead, MLPHead
+from deeplense_ssl.inference import load_finetuned
+from deeplense_ssl.runs import MODEL_FILE
 
 
 @pytest.fixture(scope="module")
@@ -130,22 +125,6 @@ def test_channel_mismatch_is_one_clear_error_and_writes_nothing(toy, tmp_path):
     with pytest.raises(CheckpointError, match=r"pretrain.*1 channel.*rgb\.h5"):
         finetune(_cfg(toy, out, data=str(rgb)), progress=False)
     assert not out.exists()
-
-
-def test_extract_features_dihedral_copies(toy):
-    from deeplense_ssl.backbones import build_backbone
-
-    torch.manual_seed(0)
-    bb = build_backbone("resnet18", 1, "small")
-    x = torch.randn(5, 1, 16, 16)
-    plain = extract_features(bb, x, batch_size=2)
-    d8 = extract_features(bb, x, batch_size=3, dihedral=True)
-    assert plain.shape == (5, 512) and d8.shape == (8, 5, 512)
-    torch.testing.assert_close(d8[0], plain)
-    torch.testing.assert_close(d8[1], extract_features(bb, torch.rot90(x, 1, (2, 3))))
-    views = dihedral_views(x)
-    flat = {tuple(v.flatten().tolist()) for v in views}
-    assert len(flat) == 8  # all distinct for a generic image
 
 
 def test_folding_the_standardisation_is_exact():

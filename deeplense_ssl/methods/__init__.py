@@ -1,0 +1,46 @@
+"""Self-supervised methods, one file per family, each a registered :class:`Method`.
+
+``METHOD_NAMES`` is the one list of ``--method`` choices; the config and the CLI read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from . import contrastive, decorrelation, dino, pretext, siamese  # noqa: F401  (registers)
+from .base import Method, MethodSettings, get_method, method_names, register
+
+METHOD_NAMES: tuple[str, ...] = method_names()
+"""Every registered method name, in the order the README lists them."""
+
+
+def build_view_transform(
+    method: str,
+    in_chans: int,
+    image_size: int,
+    *,
+    augment: str = "lensing",
+    blur_sigmas_px: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
+    noise_std: float = 0.1,
+) -> nn.Module:
+    """The per-view augmentation of ``method`` (see each method's ``view_transform``).
+
+    Raises:
+        ConfigError: unknown method or preset.
+    """
+    return get_method(method).view_transform(
+        in_chans, image_size, augment=augment, blur_sigmas_px=blur_sigmas_px, noise_std=noise_std
+    )
+
+
+__all__ = [
+    "METHOD_NAMES",
+    "Method",
+    "MethodSettings",
+    "build_view_transform",
+    "get_method",
+    "method_names",
+    "register",
+]

@@ -1,0 +1,106 @@
+"""The pretraining data path: images in, device batches out, in a deterministic order.
+
+Speed decisions (CPU first, GPU-ready): the whole training set is one float32 tensor on the
+training device (host memory if it does not fit comfortably on the GPU); batches are index
+slices, no per-sample ``Dataset``/``DataLoader``; augmentation happens on the device, batched,
+inside the method.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..datasets import load_dataset
+from ..errors import DataError
+
+IN_MEMORY_DATA = "<in-memory>"
+"""``cfg.data`` recorded for a dataset passed to ``pretrain`` as an object."""
+
+MAX_DEVICE_DATA_FRACTION = 0.5  # of free GPU memory the training set may occupy
+
+
+def load_images(cfg: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(images (N, C, S, S) float32, labels (N,) int64, class_names)`` for pretraining.
+
+    Args:
+        cfg: the pretraining config (``data`` and the data options).
+        dataset: ``None`` (read ``cfg.data``), an ``ImageSet``-like object, or an array/tensor
+            ``(N, C, H, W)`` used as given.
+
+    Raises:
+        DataError: not 4-D, not square, or non-finite pixels.
+    """
+    if dataset is None:
+        dataset = load_dataset(
+            cfg.data,
+            nan_policy=cfg.nan_policy,
+            normalize=cfg.normalize,
+            image_size=cfg.image_size,
+            allow_pickle=cfg.allow_pickle,
+        )
+    images, labels, class_names = _unpack(dataset)
+    _check_images(images, cfg.data)
+    return np.ascontiguousarray(images, dtype=np.float32), labels, class_names
+
+
+def _unpack(dataset: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if isinstance(dataset, Tensor):
+        dataset = dataset.detach().cpu().numpy()
+    if isinstance(dataset, np.ndarray):
+        return np.asarray(dataset), np.zeros(len(dataset), np.int64), ["unlabelled"]
+    images = dataset.images
+    images = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
+    return images, np.asarray(dataset.labels, dtype=np.int64), list(dataset.class_names)
+
+
+def _check_images(images: np.ndarray, where: str) -> None:
+    if images.ndim != 4:
+        raise DataError(f"images must be (N, C, H, W), got shape {images.shape}.", where)
+    if images.shape[-1] != images.shape[-2]:
+        raise DataError(
+            f"pretraining needs square images, got {images.shape[-2]}x{images.shape[-1]}; "
+            "pass --image-size N.",
+            where,
+        )
+    finite = np.isfinite(images).reshape(len(images), -1).all(1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise DataError("non-finite pixels reach training; choose a --nan-policy.", where, bad)
+
+
+def put_on_device(images: np.ndarray, device: torch.device) -> Tensor:
+    """The training set as one tensor: on the GPU if it fits comfortably, else on the host
+    (each batch is then gathered and pinned by :func:`fetch`; pinning the whole set would copy
+    it a second time in host memory)."""
+    data = torch.from_numpy(images)
+    if device.type != "cuda":
+        return data
+    free, _ = torch.cuda.mem_get_info(device)
+    if data.numel() * data.element_size() < MAX_DEVICE_DATA_FRACTION * free:
+        return data.to(device)
+    return data
+
+
+def fetch(data: Tensor, idx: Tensor, device: torch.device) -> Tensor:
+    """Rows ``idx`` of the training set, on ``device``.
+
+    Decided by device *type*, not equality: ``torch.device("cuda") != torch.device("cuda:0")``,
+    so a set already on the GPU must not be mistaken for a host copy.
+    """
+    if data.device.type == "cpu" and device.type != "cpu":
+        rows = data.index_select(0, idx.cpu())
+        if device.type == "cuda":
+            return rows.pin_memory().to(device, non_blocking=True)
+        return rows.to(device)
+    return data.index_select(0, idx.to(data.device))
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
+    """The data order of one epoch: a permutation of ``n`` depending only on (seed, epoch)."""
+    gen = torch.Generator()
+    gen.manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
+    return torch.randperm(n, generator=gen)

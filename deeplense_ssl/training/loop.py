@@ -1,0 +1,508 @@
+"""``pretrain(cfg)``: the self-supervised training loop in named steps.
+
+plan (what the data and the config fix) -> build (backbone, method, optimiser) -> restore (a
+checkpoint, on resume) -> loop (steps, logs, monitors, checkpoints) -> finish (``backbone.pt``,
+the final config and the loss curve). The loop knows nothing about any particular method: it
+calls the :class:`~deeplense_ssl.methods.Method` contract.
+
+Determinism and resume: the epoch's data order is ``randperm`` from a generator seeded by
+``(seed, epoch)``; augmentation draws from the global torch RNG, whose state (and NumPy's,
+Python's and CUDA's) is saved in every checkpoint with the method state, optimiser, scheduler
+and grad-scaler states. ``resume=True`` continues a killed run (SIGKILL included) and ends with
+bitwise the weights of an uninterrupted run on CPU.
+
+Distributed (torchrun, see ``distributed.py``): ``batch_size`` is per process, the learning
+rate is scaled by the global batch, the losses gather or all-reduce their batch statistics
+across ranks, BatchNorm is synchronised on multi-GPU (``sync_batchnorm``), rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..backbones import backbone_state_dict_for_torchvision, build_backbone
+from ..checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ..config import PretrainConfig, config_to_dict
+from ..datasets import stratified_split
+from ..distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup_distributed,
+    gather_objects,
+    setup_distributed,
+    shard_batch_indices,
+)
+from ..errors import ConfigError, TrainingDivergedError
+from ..methods import Method, get_method
+from ..optim import build_optimizer, warmup_cosine
+from ..plots import plot_loss_curve
+from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, METRICS_FILE, write_run_config
+from ..runtime import resolve_device, seed_everything
+from .data import IN_MEMORY_DATA, epoch_permutation, fetch, load_images, put_on_device
+from .monitoring import MetricsLog, knn_bank_indices, knn_monitor
+from .resume import check_resolved, check_resume, method_state
+from .step import amp_dtype, training_step
+
+OnStep = Callable[[int, dict[str, Any]], None]
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    progress: bool = True,
+    *,
+    dataset: Any = None,
+    on_step: OnStep | None = None,
+) -> Path:
+    """Self-supervised pretraining of a backbone; writes and returns the run folder ``cfg.out``.
+
+    Args:
+        cfg: the configuration (validated here). ``cfg.batch_size`` is per process.
+        progress: show a tqdm progress bar (rank 0 only).
+        dataset: optional in-memory data instead of reading ``cfg.data``: an ``ImageSet`` (or
+            any object with ``images`` (N, C, H, W) float32, ``labels`` and ``class_names``), or
+            an array ``(N, C, H, W)``. It is used as given (already cleaned and normalised);
+            ``cfg.data`` then only labels the run (``"<in-memory>"`` if empty).
+        on_step: called on rank 0 after every optimiser step (and after any checkpoint written
+            at that step) as ``on_step(step, record)``; raising in it stops the run like a crash
+            (used by the resume tests).
+
+    Returns:
+        The run folder, holding ``config.json``, ``checkpoint.pt``, ``backbone.pt``,
+        ``metrics.jsonl`` and ``loss_curve.png`` (see ``runs.py``).
+
+    Raises:
+        ConfigError: invalid config (or a batch larger than the data).
+        DataError: unreadable data, non-square or non-finite images.
+        CheckpointError: a run folder with a checkpoint and no ``resume``, or a resume whose
+            config differs in anything but ``epochs`` / ``max_steps``.
+        TrainingDivergedError: the loss became NaN or inf; the last good checkpoint is kept.
+    """
+    cfg = dataclasses.replace(cfg)
+    if dataset is not None and not cfg.data:
+        cfg.data = IN_MEMORY_DATA
+    cfg.validate()
+    info = setup_distributed(resolve_device(cfg.device))
+    try:
+        return _run(cfg, info, progress, dataset, on_step)
+    finally:
+        cleanup_distributed(info)
+
+
+def _run(
+    cfg: PretrainConfig, info: DistInfo, progress: bool, dataset: Any, on_step: OnStep | None
+) -> Path:
+    run_dir = Path(cfg.out)
+    cfg_dict = config_to_dict(cfg)
+    state = check_resume(run_dir, cfg_dict, cfg.resume)
+    images, labels, class_names = load_images(cfg, dataset)
+    plan = make_plan(cfg, info, images, labels, class_names)
+    if state is not None:
+        check_resolved(run_dir, state["resolved"], plan.resolved)
+    session = build(cfg, info, plan, images, labels, run_dir, cfg_dict)
+    if state is not None:
+        restore(session, state)
+    open_run_folder(session)
+    try:
+        train_loop(session, progress, on_step)
+    finally:
+        session.metrics.close()
+    finish(session)
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------
+# plan: what the data and the config fix
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Sizes and schedule of one pretraining run (``resolved`` is written to ``config.json``)."""
+
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    stop_step: int
+    warmup_steps: int
+    lr: float
+    amp: torch.dtype | None
+    resolved: dict[str, Any]
+
+
+def _knn_split(cfg: PretrainConfig, labels: np.ndarray, class_names: list[str]):
+    if not cfg.knn_monitor:
+        return np.arange(len(labels)), np.arange(0)
+    if len(class_names) < 2 or len(np.unique(labels)) < 2:
+        raise ConfigError("knn_monitor needs labelled data with at least two classes.")
+    split = stratified_split(labels, val_fraction=cfg.knn_val_fraction, seed=cfg.seed)
+    train_idx, val_idx = np.asarray(split["train"]), np.asarray(split["val"])
+    if len(val_idx) == 0:
+        raise ConfigError("knn_val_fraction leaves no validation images for the kNN monitor.")
+    return train_idx, val_idx
+
+
+def make_plan(
+    cfg: PretrainConfig,
+    info: DistInfo,
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+) -> Plan:
+    """Split, batch arithmetic, schedule length, learning rate and precision of the run."""
+    train_idx, val_idx = _knn_split(cfg, labels, class_names)
+    n_train, in_chans, size = len(train_idx), images.shape[1], images.shape[-1]
+    global_batch = cfg.batch_size * info.world_size
+    steps_per_epoch = n_train // global_batch
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{n_train} training images are fewer than one global batch ({cfg.batch_size} x "
+            f"{info.world_size} process(es)); lower --batch-size."
+        )
+    total_steps = cfg.epochs * steps_per_epoch
+    stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    lr = cfg.lr if cfg.lr is not None else cfg.base_lr * global_batch / 256
+    amp = amp_dtype(cfg.amp, info.device)
+    resolved = {
+        "world_size": info.world_size,
+        "global_batch_size": global_batch,
+        "lr": lr,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "stop_step": stop_step,
+        "warmup_steps": warmup_steps,
+        "n_train": n_train,
+        "n_val": len(val_idx),
+        "input_shape": [in_chans, size, size],
+        "class_names": class_names,
+        "device": info.device.type,
+        "amp": str(amp).removeprefix("torch.") if amp else "off",
+    }
+    return Plan(
+        train_idx, val_idx, global_batch, steps_per_epoch, total_steps, stop_step,
+        warmup_steps, lr, amp, resolved,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# build: the method, the optimiser and the data on the device
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """Everything a running pretraining holds."""
+
+    cfg: PretrainConfig
+    info: DistInfo
+    plan: Plan
+    run_dir: Path
+    cfg_dict: dict[str, Any]
+    method: Method
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    data: Tensor
+    labels: np.ndarray
+    val_data: Tensor | None = None
+    bank_idx: np.ndarray | None = None
+    step: int = 0
+    metrics_bytes: int | None = None
+    metrics: MetricsLog = field(init=False)
+
+
+def build_method_for(cfg: PretrainConfig, in_chans: int, size: int, distributed: bool) -> Method:
+    """Seed, then build the backbone and ``cfg.method`` around it (same draws every run)."""
+    seed_everything(cfg.seed)
+    backbone = build_backbone(cfg.backbone, in_chans=in_chans, stem=cfg.stem)
+    return get_method(cfg.method)(backbone, cfg, in_chans, size, distributed)
+
+
+def _wrap(method: Method, cfg: PretrainConfig, info: DistInfo) -> nn.Module:
+    net: nn.Module = method
+    if info.enabled:
+        device_ids = [info.device] if info.device.type == "cuda" else None
+        net = DistributedDataParallel(method, device_ids=device_ids)
+    if cfg.compile:
+        net = torch.compile(net)  # type: ignore[assignment]
+    return net
+
+
+def build(
+    cfg: PretrainConfig,
+    info: DistInfo,
+    plan: Plan,
+    images: np.ndarray,
+    labels: np.ndarray,
+    run_dir: Path,
+    cfg_dict: dict[str, Any],
+) -> Session:
+    """The method on the device, its optimiser, schedule, grad scaler, and the data."""
+    device = info.device
+    in_chans, size = images.shape[1], images.shape[-1]
+    method = build_method_for(cfg, in_chans, size, info.enabled)
+    if info.enabled and device.type == "cuda" and cfg.sync_batchnorm:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    method.to(device=device, memory_format=memory_format)
+    optimizer = build_optimizer(
+        cfg.optimizer, method, plan.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, plan.warmup_steps, plan.total_steps)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=plan.amp == torch.float16)
+    if info.rank > 0:  # distinct augmentations per rank; rank 0 matches a single process
+        torch.manual_seed(cfg.seed + 7919 * info.rank)
+    n_all, train_idx = len(images), plan.train_idx
+    data = put_on_device(images if len(train_idx) == n_all else images[train_idx], device)
+    session = Session(
+        cfg, info, plan, run_dir, cfg_dict, method, _wrap(method, cfg, info), optimizer,
+        scheduler, scaler, data, labels,
+    )  # fmt: skip
+    if cfg.knn_monitor:
+        session.val_data = torch.from_numpy(images[plan.val_idx])
+        session.bank_idx = knn_bank_indices(len(train_idx), cfg.seed)
+    return session
+
+
+# --------------------------------------------------------------------------------------------
+# restore and the run folder
+# --------------------------------------------------------------------------------------------
+
+
+def restore(s: Session, state: dict[str, Any]) -> None:
+    """Load the checkpoint ``state`` into the session (method, optimiser, schedule, RNG)."""
+    s.method.load_state_dict(method_state(state, s.run_dir / CHECKPOINT_FILE))
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    p = s.plan
+    for group, base in zip(s.optimizer.param_groups, s.scheduler.base_lrs, strict=True):
+        group["lr"] = base * warmup_cosine(s.scheduler.last_epoch, p.warmup_steps, p.total_steps)
+    s.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"][s.info.rank])
+    s.step, s.metrics_bytes = int(state["step"]), int(state["metrics_bytes"])
+
+
+def _run_config(s: Session, resolved: dict[str, Any]) -> dict[str, Any]:
+    spec = s.method.backbone.spec
+    return {"config": s.cfg_dict, "resolved": resolved, "backbone_spec": spec}
+
+
+def open_run_folder(s: Session) -> None:
+    """Write ``config.json`` (rank 0), drop a stale ``backbone.pt``, open the metrics log."""
+    if s.info.is_main:
+        s.run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(s.run_dir, _run_config(s, s.plan.resolved))
+        if s.step < s.plan.stop_step:
+            (s.run_dir / BACKBONE_FILE).unlink(missing_ok=True)  # not final any more
+    s.metrics = MetricsLog(s.run_dir / METRICS_FILE, s.info.is_main, s.metrics_bytes)
+
+
+def save(s: Session, finished: bool) -> None:
+    """Write ``checkpoint.pt`` (rank 0; every rank's RNG state is gathered first)."""
+    rng = gather_objects(capture_rng_state(), s.info)
+    if not s.info.is_main:
+        return
+    p, step = s.plan, s.step
+    save_checkpoint(
+        s.run_dir / CHECKPOINT_FILE,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "deeplense_ssl_version": __version__,
+            "config": s.cfg_dict,
+            "resolved": p.resolved,
+            "backbone_spec": s.method.backbone.spec,
+            "step": step,
+            "epoch": step // p.steps_per_epoch,
+            "finished": finished,
+            "method": s.method.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(),
+            "rng": rng,
+            "data_order": {
+                "seed": s.cfg.seed,
+                "epoch": step // p.steps_per_epoch,
+                "batch_in_epoch": step % p.steps_per_epoch,
+                "global_batch_size": p.global_batch,
+                "n_train": len(p.train_idx),
+            },
+            "metrics_bytes": s.metrics.offset(),
+        },
+    )
+
+
+def finish(s: Session) -> None:
+    """Write ``backbone.pt``, the final ``config.json`` and ``loss_curve.png`` (rank 0)."""
+    if s.info.is_main:
+        backbone_state = backbone_state_dict_for_torchvision(s.method.backbone)
+        save_checkpoint(s.run_dir / BACKBONE_FILE, backbone_state)
+        final = {
+            **s.plan.resolved,
+            "final_step": s.step,
+            "final_epoch": s.step / s.plan.steps_per_epoch,
+        }
+        write_run_config(s.run_dir, _run_config(s, final))
+        plot_loss_curve(s.run_dir)
+    barrier(s.info)
+
+
+# --------------------------------------------------------------------------------------------
+# loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    """Running loss sums between log lines and over the current epoch."""
+
+    loss_sum: Tensor
+    epoch_sum: Tensor
+    start: int  # first step of the log window
+    epoch_first: int  # first step summed into epoch_sum (a resume restarts the epoch mean)
+    t0: float = field(default_factory=time.perf_counter)
+
+
+def _batch(s: Session, perm: Tensor) -> Tensor:
+    p = s.plan
+    start = (s.step % p.steps_per_epoch) * p.global_batch
+    idx = shard_batch_indices(perm[start : start + p.global_batch], s.info.rank, s.info.world_size)
+    return fetch(s.data, idx, s.info.device)
+
+
+def _check_finite(s: Session, loss_sum: Tensor, first: int, last: int) -> float:
+    value = float(all_reduce_mean(loss_sum, s.info))
+    if not math.isfinite(value):
+        ckpt = s.run_dir / CHECKPOINT_FILE
+        kept = f"the last good checkpoint ({ckpt}) is kept" if ckpt.exists() else "none saved"
+        raise TrainingDivergedError(
+            f"the training loss became {value} between steps {first} and {last}; {kept}. "
+            "Lower the learning rate (--lr), set --grad-clip, or check the data "
+            "normalisation."
+        )
+    return value
+
+
+def _log_step(s: Session, w: _Window, epoch: int, lr_used: float) -> dict[str, Any]:
+    mean_loss = _check_finite(s, w.loss_sum, w.start + 1, s.step) / (s.step - w.start)
+    elapsed = time.perf_counter() - w.t0
+    record = {
+        "kind": "step",
+        "step": s.step,
+        "epoch": epoch,
+        "loss": mean_loss,
+        "lr": lr_used,
+        "images_per_s": s.plan.global_batch * (s.step - w.start) / max(elapsed, 1e-9),
+    }
+    s.metrics.write(record)
+    w.loss_sum.zero_()
+    w.start, w.t0 = s.step, time.perf_counter()
+    return record
+
+
+def _end_epoch(s: Session, w: _Window, epoch: int) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "kind": "epoch",
+        "step": s.step,
+        "epoch": epoch,
+        "loss": float(all_reduce_mean(w.epoch_sum, s.info)) / (s.step - w.epoch_first),
+    }
+    if s.val_data is not None and s.bank_idx is not None and s.info.is_main:
+        train_labels = s.labels[s.plan.train_idx]
+        record["knn_top1"] = knn_monitor(
+            s.method.backbone,
+            s.data[torch.from_numpy(s.bank_idx).to(s.data.device)],
+            train_labels[s.bank_idx],
+            s.val_data,
+            s.labels[s.plan.val_idx],
+            s.info.device,
+            batch_size=2 * s.cfg.batch_size,
+            channels_last=s.cfg.channels_last,
+        )
+        s.method.train()
+    s.metrics.write(record)
+    w.epoch_sum.zero_()
+    w.epoch_first = s.step
+    return record
+
+
+def train_loop(s: Session, progress: bool, on_step: OnStep | None) -> None:
+    """Run optimiser steps until ``plan.stop_step``, logging, monitoring and checkpointing."""
+    cfg, p, device = s.cfg, s.plan, s.info.device
+    bar = tqdm(
+        total=p.stop_step,
+        initial=s.step,
+        unit="step",
+        disable=not (progress and s.info.is_main),
+        dynamic_ncols=True,
+    )
+    zero = torch.zeros((), device=device)
+    w = _Window(zero.clone(), zero.clone(), s.step, s.step)
+    perm_epoch, perm = -1, torch.empty(0, dtype=torch.int64)
+    s.method.train()
+    try:
+        while s.step < p.stop_step:
+            epoch = s.step // p.steps_per_epoch
+            if epoch != perm_epoch:
+                perm_epoch, perm = epoch, epoch_permutation(cfg.seed, epoch, len(p.train_idx))
+            loss = training_step(
+                s.net,
+                s.method,
+                _batch(s, perm),
+                s.optimizer,
+                scaler=s.scaler,
+                amp=p.amp,
+                grad_clip=cfg.grad_clip,
+                channels_last=cfg.channels_last,
+            )
+            lr_used = s.optimizer.param_groups[0]["lr"]
+            s.scheduler.step()
+            s.step += 1
+            s.method.after_step(s.step, p.total_steps)
+            w.loss_sum += loss
+            w.epoch_sum += loss
+            bar.update(1)
+            record = _after_step(s, w, epoch, lr_used, bar)
+            if on_step is not None and s.info.is_main:
+                on_step(s.step, record)
+    finally:
+        bar.close()
+
+
+def _after_step(s: Session, w: _Window, epoch: int, lr_used: float, bar: Any) -> dict[str, Any]:
+    """Log, run the epoch monitors and checkpoint when due; returns the step's record."""
+    p = s.plan
+    epoch_end = s.step % p.steps_per_epoch == 0
+    ckpt_due = epoch_end or s.step == p.stop_step or s.step % s.cfg.checkpoint_every_steps == 0
+    record: dict[str, Any] = {}
+    if ckpt_due or s.step % s.cfg.log_every_steps == 0:
+        record = _log_step(s, w, epoch, lr_used)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+    if epoch_end:
+        record = {**record, "epoch_record": _end_epoch(s, w, epoch)}
+    if ckpt_due:
+        save(s, finished=s.step == p.stop_step)
+    return record

@@ -1,0 +1,100 @@
+"""What pretraining watches while it runs: the metrics log and the kNN monitor.
+
+``metrics.jsonl`` is append-only and truncated to the checkpoint's byte offset on resume, so a
+resumed run's log equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..inference import embed
+from ..metrics import knn_predict
+
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+KNN_MAX_BANK = 10_000  # labelled training images embedded for the kNN monitor at most
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl`` (rank 0); truncated to the checkpoint's offset on resume.
+
+    Args:
+        path: the log file.
+        enabled: write at all (rank 0 only).
+        truncate_to: byte offset recorded in the checkpoint being resumed (``None``: new log).
+    """
+
+    def __init__(self, path: Path, enabled: bool, truncate_to: int | None) -> None:
+        self.path, self.enabled = path, enabled
+        self._fh: IO[bytes] | None = None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "r+b" if path.exists() and truncate_to else "wb"
+        self._fh = open(path, mode)  # noqa: SIM115 (closed in close())
+        if mode == "r+b":
+            self._fh.truncate(truncate_to)
+            self._fh.seek(truncate_to)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (flushed)."""
+        if self._fh is not None:
+            self._fh.write((json.dumps(record) + "\n").encode())
+            self._fh.flush()
+
+    def offset(self) -> int:
+        """Bytes written so far (stored in checkpoints)."""
+        return self._fh.tell() if self._fh is not None else 0
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def knn_bank_indices(n_train: int, seed: int) -> np.ndarray:
+    """The training rows embedded for the kNN monitor: all, or a fixed random subset of
+    :data:`KNN_MAX_BANK` when there are more (keeps the monitor cheap)."""
+    if n_train <= KNN_MAX_BANK:
+        return np.arange(n_train)
+    return np.sort(np.random.default_rng(seed).choice(n_train, KNN_MAX_BANK, False))
+
+
+def knn_monitor(
+    backbone: nn.Module,
+    train_images: Tensor,
+    train_labels: np.ndarray,
+    val_images: Tensor,
+    val_labels: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+    channels_last: bool = False,
+) -> float:
+    """Online kNN top-1 accuracy of ``val_images`` against ``train_images`` in feature space.
+
+    Weighted kNN (k=20, temperature 0.07; :func:`deeplense_ssl.metrics.knn_predict`) on
+    L2-normalised features of the un-augmented images. The backbone is left in eval mode (the
+    caller sets train mode).
+
+    Returns:
+        The fraction of validation images whose predicted class is right.
+    """
+    bank = embed(backbone, train_images, device, batch_size, channels_last)
+    query = embed(backbone, val_images, device, batch_size, channels_last)
+    preds, _ = knn_predict(
+        bank,
+        torch.as_tensor(train_labels),
+        query,
+        k=KNN_K,
+        temperature=KNN_TEMPERATURE,
+        num_classes=int(max(train_labels.max(), val_labels.max())) + 1,
+    )
+    return float((preds.cpu().numpy() == val_labels).mean())

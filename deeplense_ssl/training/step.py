@@ -1,0 +1,89 @@
+"""One optimisation step of any :class:`~deeplense_ssl.methods.Method`, and mixed precision."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..methods import Method
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``amp`` (``auto`` / ``bf16`` / ``fp16`` / ``off``) on ``device``.
+
+    ``auto``: bf16 on a GPU that has it natively (Ampere and later), fp16 with loss scaling on
+    older GPUs (bf16 would be emulated there, slowly), full precision on the CPU.
+    """
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native_bf16 else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def to_channels_last(inputs: Any) -> Any:
+    """Channels-last copies of the 4-D tensors in ``inputs`` (a tensor or a list of them)."""
+    if isinstance(inputs, Tensor):
+        return inputs.contiguous(memory_format=torch.channels_last)
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(to_channels_last(x) for x in inputs)
+    return inputs
+
+
+def training_step(
+    net: nn.Module,
+    method: Method,
+    x: Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: torch.dtype | None = None,
+    grad_clip: float | None = None,
+    channels_last: bool = False,
+) -> Tensor:
+    """One optimisation step on the batch ``x``; returns the (local) loss, detached.
+
+    Args:
+        net: ``method`` itself, or it wrapped by DDP / ``torch.compile`` (called once).
+        method: the unwrapped method (augmentation and loss).
+        x: ``(B, C, H, W)`` float32 images on the training device.
+        optimizer: the optimiser.
+        scaler: gradient scaler (fp16 only; disabled or ``None`` otherwise).
+        amp: autocast dtype (``torch.bfloat16`` / ``torch.float16``) or ``None``.
+        grad_clip: clip the global gradient norm to this value.
+        channels_last: feed the network channels-last inputs.
+
+    Returns:
+        The scalar float32 loss of this process's batch. Under DDP with gathered statistics,
+        the mean of the ranks' losses is the loss of the concatenated global batch.
+
+    The method's :meth:`~deeplense_ssl.methods.Method.after_step` is the caller's to call
+    (it needs the step number).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    inputs, aux = method.make_inputs(x)
+    if channels_last:
+        inputs = to_channels_last(inputs)
+    device_type = x.device.type
+    autocast = torch.autocast(device_type, dtype=amp) if amp is not None else nullcontext()
+    with autocast:
+        outputs = net(inputs)
+    loss = method.loss(outputs, aux)
+    params = [p for p in method.parameters() if p.requires_grad]
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+    return loss.detach()

@@ -1,0 +1,31 @@
+"""One training step: precision choice, channels-last inputs."""
+
+import pytest
+import torch
+
+from deeplense_ssl.training.step import amp_dtype, to_channels_last
+
+
+@pytest.mark.parametrize(
+    ("amp", "device", "native_bf16", "expected"),
+    [
+        ("auto", "cpu", True, None),
+        ("auto", "cuda", True, torch.bfloat16),
+        ("auto", "cuda", False, torch.float16),  # pre-Ampere: emulated bf16 would be slow
+        ("bf16", "cuda", False, torch.bfloat16),  # an explicit choice is kept
+        ("off", "cuda", True, None),
+    ],
+)
+def test_amp_auto_picks_native_precision(monkeypatch, amp, device, native_bf16, expected):
+    monkeypatch.setattr(
+        torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16
+    )
+    assert amp_dtype(amp, torch.device(device)) == expected
+
+
+def test_to_channels_last_maps_over_view_lists():
+    x = torch.randn(2, 3, 4, 4)
+    out = to_channels_last([x, x[:, :, :2, :2]])
+    assert isinstance(out, list) and len(out) == 2
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in out)
+    assert torch.equal(out[0], x)
