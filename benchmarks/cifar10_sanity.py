@@ -3,7 +3,7 @@
 Runs, on the same data, backbone (ResNet-18, CIFAR stem: 3x3/1 conv, no max-pool), batch,
 optimiser, schedule and epoch budget, side by side in one process:
 
-* ``ours``: ``deeplense_ssl.train.pretrain`` (method ``simclr``, ``cifar`` augmentation preset,
+* ``ours``: ``deeplense_ssl.training.pretrain`` (method ``simclr``, ``cifar`` augmentation preset,
   batched on the training device);
 * ``lightly``: lightly's ``SimCLRTransform`` (PIL, per sample, in DataLoader workers), its
   ``SimCLRProjectionHead`` and ``NTXentLoss``;
@@ -45,8 +45,9 @@ from deeplense_ssl.evaluate import knn_predict
 from deeplense_ssl.finetune import extract_features, train_probe
 from deeplense_ssl.heads import LinearHead
 from deeplense_ssl.io import read_cifar10, write_text_atomic
+from deeplense_ssl.optim import warmup_cosine
 from deeplense_ssl.runtime import resolve_device, seed_everything
-from deeplense_ssl.train import pretrain, warmup_cosine
+from deeplense_ssl.training import pretrain
 
 PUBLISHED = {
     "SimCLR paper, ResNet-50, 1000 ep, linear": 94.0,

@@ -45,7 +45,7 @@ from deeplense_ssl.evaluate import evaluate
 from deeplense_ssl.finetune import finetune
 from deeplense_ssl.io import write_text_atomic
 from deeplense_ssl.simulate import simulate_dataset
-from deeplense_ssl.train import pretrain
+from deeplense_ssl.training import pretrain
 
 METHODS = ("simclr", "contrastive-rotation", "contrastive-blur", "rotation", "blur")
 SETTINGS = {

@@ -10,7 +10,7 @@ The contenders:
 * ``ours``: ``method="simclr"``, ``augment="cifar"`` (crop 0.08-1, flip, colour jitter
   0.4/0.4/0.4/0.1 p=0.8, grayscale p=0.2), NT-Xent tau 0.5, projection 512-512-128, SGD,
   channels-last, bf16 autocast on CUDA; one network call per step that passes each view
-  separately (``train.ChunkedForward``).
+  separately (``methods.base.chunked``).
 * ``ours-nchw``: the same without channels-last (to measure that choice).
 * ``lightly`` (the ``bench`` extra): ``lightly.transforms.SimCLRTransform(input_size,
   gaussian_blur=0)`` (the same CIFAR recipe, per-sample PIL ops) in a ``DataLoader``
@@ -23,10 +23,10 @@ The contenders:
 Two phases, both alternating the contenders so that a shared machine's changing load hits both:
 
 1. ``[steps]``: ``--steps`` single steps of each loop, alternated A B B A ... in this process
-   (ours: the body of ``train.pretrain``'s loop built from the same functions). The median
+   (ours: the body of ``training.pretrain``'s loop built from the same functions). The median
    seconds per image give the ratio; quartiles of the per-pair ratios show the spread.
 2. ``[epoch]``: ``--rounds`` whole epochs per contender, each in a fresh subprocess, A B A B.
-   Ours is the full ``train.pretrain`` call (so it also pays for building the model and writing
+   Ours is the full ``training.pretrain`` call (so it also pays for building the model and writing
    config.json, the checkpoint with fsync, backbone.pt and the loss-curve PNG); lightly is the
    bare loop. Both do one untimed warm-up step first.
 
@@ -52,6 +52,7 @@ GPU (not run here: no GPU in this workplace)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -127,11 +128,9 @@ def _ours_cfg(args: argparse.Namespace, out: str, channels_last: bool = True):
 
 
 def run_ours(args: argparse.Namespace, channels_last: bool = True) -> dict:
-    """One timed epoch of ``deeplense_ssl.train.pretrain`` (after a 1-step warm-up run)."""
-    import dataclasses
-
+    """One timed epoch of ``deeplense_ssl.training.pretrain`` (after a 1-step warm-up run)."""
     from deeplense_ssl.runtime import resolve_device
-    from deeplense_ssl.train import pretrain
+    from deeplense_ssl.training import pretrain
 
     device = resolve_device(args.device)
     images = make_images(args.n, args.chans, args.size)
@@ -148,39 +147,41 @@ def run_ours(args: argparse.Namespace, channels_last: bool = True) -> dict:
     return {"seconds": seconds, "images": steps * args.batch, "peak_mib": _peak_memory_mib(device)}
 
 
-def ours_stepper(args: argparse.Namespace, channels_last: bool = True) -> Callable[[], int]:
-    """One step of our loop body (index batch -> on-device views -> step), from train.py parts.
+def ours_stepper(
+    args: argparse.Namespace, channels_last: bool = True, method: str = "simclr", **overrides
+) -> Callable[[], int]:
+    """One step of our loop body (index batch -> on-device views -> step), from training parts.
 
-    The same calls as ``train.pretrain``'s loop without its logging and checkpointing; used
-    to interleave single steps with lightly's in one process.
+    The same calls as ``training.pretrain``'s loop without its logging and checkpointing; used
+    to interleave single steps with lightly's (or another method's) in one process.
     """
-    from torch import nn
+    from deeplense_ssl.optim import build_optimizer
+    from deeplense_ssl.runtime import resolve_device
+    from deeplense_ssl.training import build_method_for
+    from deeplense_ssl.training.data import epoch_permutation, fetch, put_on_device
+    from deeplense_ssl.training.step import amp_dtype, training_step
 
-    from deeplense_ssl import train
-    from deeplense_ssl.backbones import build_backbone
-    from deeplense_ssl.runtime import resolve_device, seed_everything
-
-    cfg = _ours_cfg(args, "unused", channels_last)
+    cfg = dataclasses.replace(_ours_cfg(args, "unused", channels_last), method=method, **overrides)
+    cfg.validate()
     device = resolve_device(args.device)
-    data = train._put_on_device(make_images(args.n, args.chans, args.size), device)
-    seed_everything(0)
-    backbone = build_backbone(args.backbone, in_chans=args.chans, stem=args.stem)
-    head, objective = train.build_method(cfg, backbone.feature_dim, args.chans, args.size, False)
-    model = nn.Sequential(backbone, head)
+    data = put_on_device(make_images(args.n, args.chans, args.size), device)
+    model = build_method_for(cfg, args.chans, args.size, False)
     model.to(device=device, memory_format=torch.channels_last if channels_last else None)
-    opt = train.build_optimizer(cfg, model, cfg.lr)
-    net = train.ChunkedForward(model, objective.forward_chunks)  # as train.pretrain does
-    amp = train._amp_dtype(cfg.amp, device)
+    opt = build_optimizer(
+        cfg.optimizer, model, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
+    )
+    amp = amp_dtype(cfg.amp, device)
     per_epoch = args.n // args.batch
     state = {"step": 0, "epoch": -1, "perm": None}
 
     def step() -> int:
         epoch, b = divmod(state["step"], per_epoch)
         if epoch != state["epoch"]:
-            state["epoch"], state["perm"] = epoch, train.epoch_permutation(0, epoch, args.n)
-        x = train._fetch(data, state["perm"][b * args.batch : (b + 1) * args.batch], device)
-        train.training_step(net, x, objective, opt, amp_dtype=amp, channels_last=channels_last)
+            state["epoch"], state["perm"] = epoch, epoch_permutation(0, epoch, args.n)
+        x = fetch(data, state["perm"][b * args.batch : (b + 1) * args.batch], device)
+        training_step(model, model, x, opt, amp=amp, channels_last=channels_last)
         state["step"] += 1
+        model.after_step(state["step"], 10**6)
         return args.batch
 
     return step
@@ -277,17 +278,26 @@ def _sync(device: torch.device, reset_peak: bool = False) -> None:
             torch.cuda.reset_peak_memory_stats(device)
 
 
+def _stepper(args: argparse.Namespace, name: str) -> Callable[[], int]:
+    """``ours``, ``ours-nchw``, ``lightly``, a method name of ours, or ``dino-2views`` (DINO
+    with its two global views only, to separate the multi-crop cost)."""
+    if name == "ours":
+        return ours_stepper(args)
+    if name == "ours-nchw":
+        return ours_stepper(args, channels_last=False)
+    if name == "lightly":
+        return lightly_stepper(args)
+    if name == "dino-2views":
+        return ours_stepper(args, method="dino", n_local_views=0)
+    return ours_stepper(args, method=name)
+
+
 def interleaved_steps(args: argparse.Namespace, names: list[str]) -> dict[str, list[float]]:
-    """Seconds per image of single steps, alternating A B B A A B ... in this process."""
+    """Seconds per image of single steps, alternating A B C C B A ... in this process."""
     from deeplense_ssl.runtime import resolve_device
 
     device = resolve_device(args.device)
-    makers = {
-        "ours": lambda: ours_stepper(args),
-        "ours-nchw": lambda: ours_stepper(args, channels_last=False),
-        "lightly": lambda: lightly_stepper(args),
-    }
-    steppers = {name: makers[name]() for name in names}
+    steppers = {name: _stepper(args, name) for name in names}
     for step in steppers.values():  # warm-up
         step()
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -371,8 +381,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--contender", choices=["ours", "ours-nchw", "lightly"], help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma list of our methods to time step by step beside simclr (one process, "
+        "interleaved), e.g. byol,simsiam,vicreg,barlow-twins,dino-2views,dino; replaces the "
+        "lightly comparison",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.methods:
+        method_table(args)
+        return
 
     if args.contender:
         runs = {
@@ -443,6 +463,32 @@ def main(argv: list[str] | None = None) -> None:
         from deeplense_ssl.io import write_text_atomic
 
         write_text_atomic(args.json, json.dumps(results, indent=2))
+
+
+def method_table(args: argparse.Namespace) -> None:
+    """``[methods]``: one step of each method beside SimCLR's, interleaved, same backbone,
+    batch and data; prints seconds per step and the ratio to SimCLR (target <= 1.3x for the
+    two-view methods; DINO's multi-crop reported separately from its two global views)."""
+    names = ["simclr", *[m for m in args.methods.split(",") if m != "simclr"]]
+    print(header(args))
+    print(f"# load before: {_uptime()}")
+    times = interleaved_steps(args, names)
+    base = statistics.median(times["simclr"])
+    rows = {}
+    for name in names:
+        med = statistics.median(times[name])
+        rows[name] = {"seconds_per_step": med * args.batch, "ratio_to_simclr": med / base}
+        print(
+            f"[methods] {name:13s} {med * args.batch:7.3f} s/step  {med / base:5.2f}x simclr "
+            f"(quartiles of the per-step ratio: {_quartiles(times[name], times['simclr'])})",
+            flush=True,
+        )
+    print(f"# load after: {_uptime()}")
+    if args.json:
+        from deeplense_ssl.io import write_text_atomic
+
+        payload = {"args": vars(args), "header": header(args), "methods": rows}
+        write_text_atomic(args.json, json.dumps(payload, indent=2))
 
 
 def _quartiles(slow: list[float], fast: list[float]) -> str:

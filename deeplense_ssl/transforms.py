@@ -654,6 +654,19 @@ PRESETS: dict[str, AugmentParams] = {
         noise_std=(0.0, 0.03),
         noise_p=0.5,
     ),
+    # Lensing without resampling: exact dihedral elements only (no arbitrary rotation, no crop
+    # or zoom, so no bilinear smoothing of pixel-scale substructure and no change of the
+    # Einstein radius in pixels), flux scale, PSF-like blur and sky noise (the "views from PSF
+    # blur and noise only; exact D4" recipe of the Lens-JEPA write-ups in DOMAIN.md).
+    "lensing-exact": AugmentParams(
+        dihedral=True,
+        flux_scale=(0.8, 1.25),
+        flux_p=0.8,
+        blur_sigma_px=(0.1, 1.5),
+        blur_p=0.5,
+        noise_std=(0.0, 0.05),
+        noise_p=0.8,
+    ),
     # SimCLR CIFAR-10 recipe (Chen et al. 2020, App. B.9; DOMAIN.md): crop scale (0.08, 1),
     # left-right flip, colour jitter 0.4/0.4/0.4/0.1 with p=0.8, grayscale p=0.2, no blur.
     "cifar": AugmentParams(

@@ -40,6 +40,7 @@ class MethodSettings(Protocol):
     augment: str
     blur_sigmas_px: Sequence[float]
     noise_std: float
+    paired_data: str | None
     ema_momentum: float | None
     n_local_views: int
     local_view_size: int | None
@@ -60,6 +61,7 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line: what the network learns (README, CLI help)
+    supports_pairs: ClassVar[bool] = False  # can take its two views from paired renderings
 
     def __init__(
         self,
@@ -88,6 +90,15 @@ class Method(nn.Module):
         """Raise :class:`ConfigError` for settings this method cannot train with."""
 
     @classmethod
+    def check_pairs(cls, cfg: MethodSettings) -> None:
+        """Refuse paired data (``paired_data``) for a method that cannot use it."""
+        if cfg.paired_data and not cls.supports_pairs:
+            raise ConfigError(
+                f"method {cls.name} cannot use --paired-data; methods with two views can: "
+                f"{', '.join(n for n, c in _REGISTRY.items() if c.supports_pairs)}."
+            )
+
+    @classmethod
     def view_transform(
         cls,
         in_chans: int,
@@ -105,8 +116,24 @@ class Method(nn.Module):
         return ViewAugmenter(augment, in_chans, image_size)
 
     def make_inputs(self, x: Tensor) -> tuple[Any, Any]:
-        """``(B, C, H, W)`` batch -> ``(inputs, aux)``: network inputs and loss context."""
+        """Batch -> ``(inputs, aux)``: network inputs and loss context.
+
+        ``x`` is ``(B, C, H, W)``, or ``(B, 2, C, H, W)`` for paired data (two renderings of
+        each scene, see :meth:`view_pair`).
+        """
         raise NotImplementedError
+
+    def view_pair(self, x: Tensor) -> list[Tensor]:
+        """Two views of every image, ``[(B, C, S, S), (B, C, S, S)]``.
+
+        Unpaired ``(B, C, H, W)``: two independent augmentations of each image. Paired
+        ``(B, 2, C, H, W)`` (simulation-informed positives: the same lens and substructure
+        rendered twice with another source position and noise): one augmentation of each
+        rendering, so the positives differ by the source as well as by the augmentation.
+        """
+        if x.ndim == 5:
+            return list(self.transform(torch.cat([x[:, 0], x[:, 1]])).chunk(2))
+        return self.transform.views(x, 2)
 
     def forward(self, inputs: Any) -> Any:
         """The one network call of a training step (DDP wraps this)."""

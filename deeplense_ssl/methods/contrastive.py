@@ -31,6 +31,8 @@ from .base import Method, MethodSettings, chunked, register
 class _Contrastive(Method):
     """NT-Xent between ``n_views`` views of each image; subclasses choose the views."""
 
+    supports_pairs = True
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -50,9 +52,13 @@ class _Contrastive(Method):
     def validate(cls, cfg: MethodSettings) -> None:
         if cfg.n_views < 2:
             raise ConfigError(f"n_views must be >= 2 for {cls.name}, got {cfg.n_views}.")
+        if cfg.paired_data and cfg.n_views != 2:
+            raise ConfigError(f"--paired-data gives 2 views; got n_views={cfg.n_views}.")
 
     def make_inputs(self, x: Tensor) -> tuple[Tensor, int]:
         """``(n_views * B, C, S, S)`` views stacked view-major (rows ``v*B..`` are view ``v``)."""
+        if x.ndim == 5:
+            return torch.cat(self.view_pair(x)), 2
         return torch.cat(self.transform.views(x, self.n_views)), self.n_views
 
     def project(self, x: Tensor) -> Tensor:

@@ -26,6 +26,8 @@ from .base import Method, MethodSettings, chunked, register
 class _TwoViewProjection(Method):
     """Two views, backbone + projector, a loss on the two projections."""
 
+    supports_pairs = True
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -46,7 +48,7 @@ class _TwoViewProjection(Method):
 
     def make_inputs(self, x: Tensor) -> tuple[Tensor, None]:
         """``(2 * B, C, S, S)``: two views stacked view-major."""
-        return torch.cat(self.transform.views(x, 2)), None
+        return torch.cat(self.view_pair(x)), None
 
     def forward(self, inputs: Tensor) -> Tensor:
         return chunked(lambda v: self.projector(self.backbone(v)), inputs, 2)

@@ -86,6 +86,7 @@ class DINO(Method):
     """DINO with multi-crop at the native pixel scale (see the module docstring)."""
 
     name = "dino"
+    supports_pairs = True
     summary = (
         "self-distillation from a momentum teacher, centred and sharpened, 2 global + "
         "--n-local-views native-scale local views (DINO)"
@@ -141,9 +142,13 @@ class DINO(Method):
         )
 
     def make_inputs(self, x: Tensor) -> tuple[tuple[Tensor, Tensor | None], None]:
-        """``(globals (2B, C, S, S), locals (n_local * B, C, L, L) or None)``."""
-        globals_ = torch.cat(self.transform.views(x, 2))
-        locals_ = torch.cat(self.local_transform.views(x, self.n_local)) if self.n_local else None
+        """``(globals (2B, C, S, S), locals (n_local * B, C, L, L) or None)``; with paired
+        data the global views come one from each rendering, the local ones from the first."""
+        globals_ = torch.cat(self.view_pair(x))
+        first = x[:, 0] if x.ndim == 5 else x
+        locals_ = (
+            torch.cat(self.local_transform.views(first, self.n_local)) if self.n_local else None
+        )
         return (globals_, locals_), None
 
     def export_backbone(self) -> nn.Module:

@@ -31,6 +31,8 @@ BYOL_DEFAULT_MOMENTUM = 0.99
 class _Predictive(Method):
     """Two views; the online branch (backbone, projector, predictor) predicts a target."""
 
+    supports_pairs = True
+
     loss_form = "simsiam"
 
     def __init__(
@@ -56,7 +58,7 @@ class _Predictive(Method):
 
     def make_inputs(self, x: Tensor) -> tuple[Tensor, None]:
         """``(2 * B, C, S, S)``: two views stacked view-major."""
-        return torch.cat(self.transform.views(x, 2)), None
+        return torch.cat(self.view_pair(x)), None
 
     def online(self, x: Tensor) -> Tensor:
         """``q(g(f(x)))``: the online prediction."""

@@ -24,27 +24,58 @@ MAX_DEVICE_DATA_FRACTION = 0.5  # of free GPU memory the training set may occupy
 
 
 def load_images(cfg: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(images (N, C, S, S) float32, labels (N,) int64, class_names)`` for pretraining.
+    """``(images, labels (N,) int64, class_names)`` for pretraining.
+
+    ``images`` is ``(N, C, S, S)`` float32, or ``(N, 2, C, S, S)`` with ``cfg.paired_data``
+    (row ``i`` of the second file renders the scene of row ``i`` of the first).
 
     Args:
-        cfg: the pretraining config (``data`` and the data options).
+        cfg: the pretraining config (``data``, ``paired_data`` and the data options).
         dataset: ``None`` (read ``cfg.data``), an ``ImageSet``-like object, or an array/tensor
             ``(N, C, H, W)`` used as given.
 
     Raises:
-        DataError: not 4-D, not square, or non-finite pixels.
+        DataError: not 4-D, not square, non-finite pixels, or a paired file that does not
+            match the first (count, shape, labels).
     """
-    if dataset is None:
-        dataset = load_dataset(
-            cfg.data,
-            nan_policy=cfg.nan_policy,
-            normalize=cfg.normalize,
-            image_size=cfg.image_size,
-            allow_pickle=cfg.allow_pickle,
-        )
-    images, labels, class_names = _unpack(dataset)
+    images, labels, class_names = _unpack(_read(cfg, cfg.data) if dataset is None else dataset)
     _check_images(images, cfg.data)
-    return np.ascontiguousarray(images, dtype=np.float32), labels, class_names
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if cfg.paired_data:
+        images = _pair(images, labels, cfg)
+    return images, labels, class_names
+
+
+def _read(cfg: Any, path: str) -> Any:
+    return load_dataset(
+        path,
+        nan_policy=cfg.nan_policy,
+        normalize=cfg.normalize,
+        image_size=cfg.image_size,
+        allow_pickle=cfg.allow_pickle,
+    )
+
+
+def _pair(images: np.ndarray, labels: np.ndarray, cfg: Any) -> np.ndarray:
+    """Stack the second rendering of every scene: ``(N, 2, C, S, S)``."""
+    other, other_labels, _ = _unpack(_read(cfg, cfg.paired_data))
+    _check_images(other, cfg.paired_data)
+    if other.shape != images.shape:
+        raise DataError(
+            f"--paired-data must hold one image per image of --data ({cfg.data}, "
+            f"{images.shape}), got {other.shape}; simulate it with the same model, seed and "
+            "counts plus --source-variant.",
+            cfg.paired_data,
+        )
+    mismatch = np.flatnonzero(other_labels != labels)
+    if len(mismatch):
+        raise DataError(
+            "--paired-data is not row-aligned with --data: labels differ (rows must render the "
+            "same scenes).",
+            cfg.paired_data,
+            int(mismatch[0]),
+        )
+    return np.stack([images, other.astype(np.float32)], axis=1)
 
 
 def _unpack(dataset: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -70,6 +101,11 @@ def _check_images(images: np.ndarray, where: str) -> None:
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
         raise DataError("non-finite pixels reach training; choose a --nan-policy.", where, bad)
+
+
+def first_rendering(data: Tensor) -> Tensor:
+    """The images of a training tensor: ``(N, C, S, S)`` as is, the first of each pair else."""
+    return data[:, 0] if data.ndim == 5 else data
 
 
 def put_on_device(images: np.ndarray, device: torch.device) -> Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,8 +58,21 @@ from ..optim import build_optimizer, warmup_cosine
 from ..plots import plot_loss_curve
 from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, METRICS_FILE, write_run_config
 from ..runtime import resolve_device, seed_everything
-from .data import IN_MEMORY_DATA, epoch_permutation, fetch, load_images, put_on_device
-from .monitoring import MetricsLog, knn_bank_indices, knn_monitor
+from .data import (
+    IN_MEMORY_DATA,
+    epoch_permutation,
+    fetch,
+    first_rendering,
+    load_images,
+    put_on_device,
+)
+from .monitoring import (
+    MetricsLog,
+    collapse_monitor,
+    knn_bank_indices,
+    knn_monitor,
+    monitor_indices,
+)
 from .resume import check_resolved, check_resume, method_state
 from .step import amp_dtype, training_step
 
@@ -171,7 +185,7 @@ def make_plan(
 ) -> Plan:
     """Split, batch arithmetic, schedule length, learning rate and precision of the run."""
     train_idx, val_idx = _knn_split(cfg, labels, class_names)
-    n_train, in_chans, size = len(train_idx), images.shape[1], images.shape[-1]
+    n_train, in_chans, size = len(train_idx), images.shape[-3], images.shape[-1]
     global_batch = cfg.batch_size * info.world_size
     steps_per_epoch = n_train // global_batch
     if steps_per_epoch == 0:
@@ -228,6 +242,7 @@ class Session:
     labels: np.ndarray
     val_data: Tensor | None = None
     bank_idx: np.ndarray | None = None
+    monitor_idx: np.ndarray | None = None
     step: int = 0
     metrics_bytes: int | None = None
     metrics: MetricsLog = field(init=False)
@@ -261,7 +276,7 @@ def build(
 ) -> Session:
     """The method on the device, its optimiser, schedule, grad scaler, and the data."""
     device = info.device
-    in_chans, size = images.shape[1], images.shape[-1]
+    in_chans, size = images.shape[-3], images.shape[-1]
     method = build_method_for(cfg, in_chans, size, info.enabled)
     if info.enabled and device.type == "cuda" and cfg.sync_batchnorm:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -285,6 +300,8 @@ def build(
     if cfg.knn_monitor:
         session.val_data = torch.from_numpy(images[plan.val_idx])
         session.bank_idx = knn_bank_indices(len(train_idx), cfg.seed)
+    if cfg.collapse_monitor_size:
+        session.monitor_idx = monitor_indices(len(train_idx), cfg.collapse_monitor_size, cfg.seed)
     return session
 
 
@@ -423,6 +440,26 @@ def _log_step(s: Session, w: _Window, epoch: int, lr_used: float) -> dict[str, A
     return record
 
 
+def _monitors(s: Session, epoch: int) -> dict[str, Any]:
+    """kNN accuracy and collapse measures of the exported backbone (rank 0, eval mode)."""
+    backbone, device = s.method.export_backbone(), s.info.device
+    kw = {"batch_size": 2 * s.cfg.batch_size, "channels_last": s.cfg.channels_last}
+    out: dict[str, Any] = {}
+    if s.val_data is not None and s.bank_idx is not None:
+        train_labels = s.labels[s.plan.train_idx]
+        bank = first_rendering(s.data[torch.from_numpy(s.bank_idx).to(s.data.device)])
+        val_labels = s.labels[s.plan.val_idx]
+        out["knn_top1"] = knn_monitor(
+            backbone, bank, train_labels[s.bank_idx], s.val_data, val_labels, device, **kw
+        )
+    if s.monitor_idx is not None and len(s.monitor_idx) >= 2:
+        rows = first_rendering(s.data[torch.from_numpy(s.monitor_idx).to(s.data.device)])
+        out.update(collapse_monitor(backbone, rows, device, **kw))
+        if "collapse_warning" in out:
+            tqdm.write(f"warning: epoch {epoch}: {out['collapse_warning']}", file=sys.stderr)
+    return out
+
+
 def _end_epoch(s: Session, w: _Window, epoch: int) -> dict[str, Any]:
     record: dict[str, Any] = {
         "kind": "epoch",
@@ -430,18 +467,8 @@ def _end_epoch(s: Session, w: _Window, epoch: int) -> dict[str, Any]:
         "epoch": epoch,
         "loss": float(all_reduce_mean(w.epoch_sum, s.info)) / (s.step - w.epoch_first),
     }
-    if s.val_data is not None and s.bank_idx is not None and s.info.is_main:
-        train_labels = s.labels[s.plan.train_idx]
-        record["knn_top1"] = knn_monitor(
-            s.method.backbone,
-            s.data[torch.from_numpy(s.bank_idx).to(s.data.device)],
-            train_labels[s.bank_idx],
-            s.val_data,
-            s.labels[s.plan.val_idx],
-            s.info.device,
-            batch_size=2 * s.cfg.batch_size,
-            channels_last=s.cfg.channels_last,
-        )
+    if s.info.is_main:
+        record.update(_monitors(s, epoch))
         s.method.train()
     s.metrics.write(record)
     w.epoch_sum.zero_()

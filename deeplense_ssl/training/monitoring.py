@@ -1,4 +1,4 @@
-"""What pretraining watches while it runs: the metrics log and the kNN monitor.
+"""What pretraining watches while it runs: the metrics log, the kNN and collapse monitors.
 
 ``metrics.jsonl`` is append-only and truncated to the checkpoint's byte offset on resume, so a
 resumed run's log equals an uninterrupted run's.
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..collapse import collapse_warning, effective_rank, embedding_std
 from ..inference import embed
 from ..metrics import knn_predict
 
@@ -98,3 +99,36 @@ def knn_monitor(
         num_classes=int(max(train_labels.max(), val_labels.max())) + 1,
     )
     return float((preds.cpu().numpy() == val_labels).mean())
+
+
+def monitor_indices(n_train: int, size: int, seed: int) -> np.ndarray:
+    """The fixed training rows whose embeddings the collapse monitor measures every epoch:
+    ``size`` rows drawn once from ``seed`` (all rows when there are fewer)."""
+    if n_train <= size:
+        return np.arange(n_train)
+    return np.sort(np.random.default_rng(seed + 1).choice(n_train, size, replace=False))
+
+
+def collapse_monitor(
+    backbone: nn.Module,
+    images: Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Effective rank (RankMe) and per-dimension std of the backbone features of ``images``.
+
+    The images are un-augmented and the backbone is in eval mode (the caller sets train mode
+    again); see :mod:`deeplense_ssl.collapse` for the measures and the warning thresholds.
+
+    Returns:
+        ``{"rankme", "emb_std_mean", "emb_std_min"}`` and, when the thresholds of
+        :func:`~deeplense_ssl.collapse.collapse_warning` are crossed, ``"collapse_warning"``.
+    """
+    z = embed(backbone, images, device, batch_size, channels_last).cpu()
+    rank, std = effective_rank(z), embedding_std(z)
+    record: dict[str, Any] = {"rankme": rank, "emb_std_mean": std.mean, "emb_std_min": std.min}
+    warning = collapse_warning(rank, std.mean, z.shape[1], n_samples=z.shape[0])
+    if warning is not None:
+        record["collapse_warning"] = warning
+    return record
