@@ -41,10 +41,11 @@ from deeplense_ssl import __version__
 from deeplense_ssl.backbones import build_backbone
 from deeplense_ssl.config import PretrainConfig
 from deeplense_ssl.datasets import ImageSet
-from deeplense_ssl.evaluate import knn_predict
-from deeplense_ssl.finetune import extract_features, train_probe
+from deeplense_ssl.finetuning import train_probe
 from deeplense_ssl.heads import LinearHead
+from deeplense_ssl.inference import embed
 from deeplense_ssl.io import read_cifar10, write_text_atomic
+from deeplense_ssl.metrics import knn_predict
 from deeplense_ssl.optim import warmup_cosine
 from deeplense_ssl.runtime import resolve_device, seed_everything
 from deeplense_ssl.training import pretrain
@@ -166,8 +167,8 @@ def supervised(
 
 def score(backbone, train_x, train_y, test_x, test_y, class_names, device, probe_epochs, seed):
     """kNN (k=200, T=0.1) and linear-probe top-1 accuracy (%) on the test split."""
-    f_train = extract_features(backbone, train_x, device=device)
-    f_test = extract_features(backbone, test_x, device=device)
+    f_train = embed(backbone, train_x, device).cpu()
+    f_test = embed(backbone, test_x, device).cpu()
     pred, _ = knn_predict(f_train, train_y, f_test, k=200, temperature=0.1, num_classes=10)
     knn = float((np.asarray(pred) == test_y).mean() * 100)
     gen = torch.Generator().manual_seed(seed)

@@ -41,8 +41,8 @@ from deeplense_ssl.config import (
     PretrainConfig,
     SimulateConfig,
 )
-from deeplense_ssl.evaluate import evaluate
-from deeplense_ssl.finetune import finetune
+from deeplense_ssl.evaluation import evaluate
+from deeplense_ssl.finetuning import finetune
 from deeplense_ssl.io import write_text_atomic
 from deeplense_ssl.simulate import simulate_dataset
 from deeplense_ssl.training import pretrain

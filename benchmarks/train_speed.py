@@ -156,10 +156,10 @@ def ours_stepper(
     to interleave single steps with lightly's (or another method's) in one process.
     """
     from deeplense_ssl.optim import build_optimizer
-    from deeplense_ssl.runtime import resolve_device
+    from deeplense_ssl.runtime import resolve_amp_dtype, resolve_device
     from deeplense_ssl.training import build_method_for
     from deeplense_ssl.training.data import epoch_permutation, fetch, put_on_device
-    from deeplense_ssl.training.step import amp_dtype, training_step
+    from deeplense_ssl.training.step import training_step
 
     cfg = dataclasses.replace(_ours_cfg(args, "unused", channels_last), method=method, **overrides)
     cfg.validate()
@@ -170,7 +170,7 @@ def ours_stepper(
     opt = build_optimizer(
         cfg.optimizer, model, cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
     )
-    amp = amp_dtype(cfg.amp, device)
+    amp = resolve_amp_dtype(cfg.amp, device)
     per_epoch = args.n // args.batch
     state = {"step": 0, "epoch": -1, "perm": None}
 

@@ -54,7 +54,7 @@ C = EvaluateConfig
 @config_option
 def command(config_path: str | None, **params) -> None:
     """Evaluate a finetune run on a test set; write metrics.json and scores.npz."""
-    from deeplense_ssl.evaluate import evaluate
+    from deeplense_ssl.evaluation import evaluate
 
     ctx = click.get_current_context()
     cfg = config_from_sources(EvaluateConfig, config_path, explicit_params(ctx, params))

@@ -82,7 +82,7 @@ C = FinetuneConfig
 @config_option
 def command(config_path: str | None, from_scratch: bool, random_init: bool, **params) -> None:
     """Fine-tune a classifier (or a baseline) and write a run folder."""
-    from deeplense_ssl.finetune import finetune
+    from deeplense_ssl.finetuning import finetune
 
     ctx = click.get_current_context()
     if from_scratch and random_init:

@@ -59,10 +59,19 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors become one message on stderr and exit code 1 (2 for usage)."""
-    from .errors import run_with_clean_errors
+    """Run the CLI; user errors become one message on stderr and exit code 1 (2 for usage).
 
-    sys.exit(run_with_clean_errors(cli, argv))
+    SIGTERM and SIGHUP are handled like Ctrl-C while the command runs (temporary files are
+    removed; exit code 128 + the signal number).
+    """
+    from .errors import handle_signals_like_ctrl_c, run_with_clean_errors
+
+    restore = handle_signals_like_ctrl_c()
+    try:
+        code = run_with_clean_errors(cli, argv)
+    finally:
+        restore()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ def _method_help() -> str:
 
 @click.command("pretrain")
 @field_option(C, "data", help="Training images (HDF5, npy folder, npz, FITS...).")
+@field_option(
+    C,
+    "paired_data",
+    help="A second rendering of the same scenes, row-aligned with --data: each image's two "
+    "views come one from each file (simulation-informed positives).",
+)
 @field_option(C, "method", help=_method_help())
 @field_option(C, "backbone")
 @field_option(
@@ -103,6 +109,11 @@ def _method_help() -> str:
     help="Each epoch, kNN accuracy on a held-out labelled split (not trained on).",
 )
 @field_option(C, "knn_val_fraction")
+@field_option(
+    C,
+    "collapse_monitor_size",
+    help="Images whose embeddings' effective rank and std are logged every epoch (0: off).",
+)
 @field_option(C, "sync_batchnorm", help="Multi-GPU: BatchNorm statistics over the global batch.")
 @normalize_option(C, "Per-image (or dataset) scaling applied after loading.")
 @nan_policy_option(C)

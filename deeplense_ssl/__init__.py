@@ -10,16 +10,13 @@ The public API, importable from the package itself::
 Names are imported lazily, on first use, so ``import deeplense_ssl`` stays fast (it does not
 import torch); :data:`__all__` lists them and the module each comes from is in ``_LAZY``.
 
-``deeplense_ssl.finetune`` and ``deeplense_ssl.evaluate`` are the *functions*, even though
-modules of the same names exist: import from the modules with ``from deeplense_ssl.finetune
-import ...`` (``import deeplense_ssl.finetune as m`` would give the function).
+The pipeline functions live in modules named after the step: ``training.pretrain``,
+``finetuning.finetune``, ``evaluation.evaluate``, ``report.build_report``.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -46,8 +43,8 @@ _LAZY: dict[str, str] = {
     # models and the pipeline
     "build_backbone": "backbones",
     "pretrain": "training",
-    "finetune": "finetune",
-    "evaluate": "evaluate",
+    "finetune": "finetuning",
+    "evaluate": "evaluation",
     "build_report": "report",
     # errors
     "DeepLenseError": "errors",
@@ -105,8 +102,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         summarize,
     )
     from .errors import CheckpointError, ConfigError, DataError, DeepLenseError
-    from .evaluate import evaluate
-    from .finetune import finetune
+    from .evaluation import evaluate
+    from .finetuning import finetune
     from .report import build_report
     from .simulate import simulate_dataset
     from .training import pretrain
@@ -124,21 +121,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-# API functions named like the module that defines them (``finetune``, ``evaluate``)
-_NAMED_LIKE_THEIR_MODULE = frozenset(name for name, module in _LAZY.items() if name == module)
-
-
-class _Package(types.ModuleType):
-    """This package's module type: loading the submodule ``finetune`` (or ``evaluate``) does not
-    replace the API function of that name (the import system sets a package attribute per
-    loaded submodule; the submodule stays in ``sys.modules``)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _NAMED_LIKE_THEIR_MODULE and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -1,8 +1,7 @@
 """Atomic torch checkpoints, RNG states and the pretrained backbone of a pretrain run folder.
 
-The run-folder layout (file names, ``config.json``) lives in :mod:`deeplense_ssl.runs`; the
-names used with checkpoints (``CHECKPOINT_FILE``, ``BACKBONE_FILE``, ``write_run_config``, ...)
-are re-exported here for the training code.
+The run-folder layout (file names, ``config.json``) lives in :mod:`deeplense_ssl.runs`; import
+the names from there.
 
 Every checkpoint holds only tensors and plain Python types (dict, list, str, int, float, bool,
 None) so that it loads with ``torch.load(..., weights_only=True)``: random-number-generator states
@@ -24,23 +23,13 @@ from torch import nn
 from .backbones import backbone_state_dict_for_torchvision, build_backbone
 from .errors import CheckpointError
 from .io import atomic_output
-from .runs import (  # noqa: F401 (re-exported: the run-folder names used with checkpoints)
-    BACKBONE_FILE,
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    LOSS_CURVE_FILE,
-    METRICS_FILE,
-    PRETRAIN_KIND,
-    read_run_config,
-    write_run_config,
-)
+from .runs import BACKBONE_FILE, read_run_config
 
 CHECKPOINT_FORMAT = "deeplense_ssl.pretrain_checkpoint.v2"
 """Format of the pretraining checkpoints written now: the method's whole ``state_dict``."""
 CHECKPOINT_FORMAT_V1 = "deeplense_ssl.pretrain_checkpoint.v1"
 """Checkpoints before per-method state (``backbone`` and ``head`` state dicts); still read."""
 CHECKPOINT_FORMATS = (CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_V1)
-RUN_KIND = PRETRAIN_KIND
 
 
 # --------------------------------------------------------------------------- atomic save / load
@@ -175,7 +164,7 @@ def load_pretrained_backbone(
     """Rebuild the pretrained backbone of a finished pretrain run.
 
     Args:
-        run_dir: a folder written by :func:`deeplense_ssl.train.pretrain`.
+        run_dir: a folder written by :func:`deeplense_ssl.training.pretrain`.
         map_location: where the weights are loaded.
 
     Returns:

@@ -16,18 +16,23 @@ Order of operations (``datasets.load_dataset`` and ``convert`` follow it):
    image), ``zscore-dataset`` (per channel with statistics from :func:`fit_normalization` on the
    training split only), ``asinh`` (per-image min-max, then ``asinh(x / 0.1) / asinh(1 / 0.1)``).
    Per-image statistics are taken over all channels together, so band ratios are kept. A
-   constant image maps to zeros instead of dividing by zero.
+   constant image maps to zeros instead of dividing by zero. Images with extreme values (up to
+   the float32 limit, 3.4e38) are first divided by an exact power of two, so no difference
+   overflows; the result is checked to be finite.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import NAN_POLICIES, NORMALIZATIONS
 from .errors import ConfigError, DataError
+from .io import require_memory
 
+NAN_POLICIES = ("raise", "zero", "median", "interpolate", "drop")
+NORMALIZATIONS = ("none", "minmax", "zscore", "zscore-dataset", "asinh")
 FIT_MODES = ("auto", "crop", "resize")
 ASINH_SOFTENING = 0.1
 MAX_CHANNELS = 16
@@ -347,6 +352,13 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F  # noqa: N812
 
+    n, c = images.shape[:2]
+    require_memory(
+        4 * n * c * size * size,  # the float32 result (the input is shared, not copied)
+        f"resizing {n} image(s) of {c} channel(s) to image_size={size}",
+        error=ConfigError,
+        hint="; choose a smaller image_size",
+    )
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     shrink = size < images.shape[-2] or size < images.shape[-1]
     y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
@@ -434,6 +446,8 @@ def normalize_images(
     stats: NormStats | None = None,
     *,
     copy: bool = True,
+    path: object = None,
+    start: int = 0,
 ) -> np.ndarray:
     """Scale images; see the module docstring for each method.
 
@@ -442,34 +456,48 @@ def normalize_images(
         method: ``none`` | ``minmax`` | ``zscore`` | ``zscore-dataset`` | ``asinh``.
         stats: required for ``zscore-dataset`` (from :func:`fit_normalization` on training data).
         copy: False scales a float32 ``images`` in place (saves memory and passes).
+        path: source file, for error messages.
+        start: index of ``images[0]`` in ``path``, for error messages.
 
     Returns:
-        (N, C, H, W) float32 (a new array when ``copy``, unless ``method="none"``).
+        (N, C, H, W) float32, finite (a new array when ``copy``, unless ``method="none"``).
+
+    Raises:
+        DataError: an input image holds NaN/inf, or ``zscore-dataset`` maps an image beyond the
+            float32 range.
+        ConfigError: unknown method, or ``zscore-dataset`` without ``stats``.
     """
     if method not in NORMALIZATIONS:
         raise ConfigError(f"normalize={method!r} is not one of {', '.join(NORMALIZATIONS)}.")
     images = np.asarray(images, dtype=np.float32)
     if method == "none" or len(images) == 0:
         return images
+    if method == "zscore-dataset" and stats is None:
+        raise ConfigError(
+            "normalize='zscore-dataset' needs statistics from the training split: "
+            "stats = fit_normalization(images[train_idx])."
+        )
     out = images.copy() if copy else images
-    if method == "zscore-dataset":
-        if stats is None:
-            raise ConfigError(
-                "normalize='zscore-dataset' needs statistics from the training split: "
-                "stats = fit_normalization(images[train_idx])."
-            )
-        out -= np.asarray(stats.mean, np.float32)[None, :, None, None]
-        out /= np.asarray(stats.std, np.float32)[None, :, None, None]
-        return out
     axes = (1, 2, 3)
+    lo = out.min(axis=axes, keepdims=True)
+    hi = out.max(axis=axes, keepdims=True)
+    _refuse_nonfinite_input(lo, hi, path, start)
+    factor = _shrink_extreme(out, lo, hi)
+    if method == "zscore-dataset":
+        mean = np.asarray(stats.mean, np.float64)[None, :, None, None] * factor
+        std = np.asarray(stats.std, np.float64)[None, :, None, None] * factor
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            out -= mean.astype(np.float32)
+            out /= std.astype(np.float32)
+        _check_finite_after(out, method, path, start)
+        return out
     if method == "zscore":
         mean = out.mean(axis=axes, keepdims=True, dtype=np.float64)
         std = out.std(axis=axes, keepdims=True, dtype=np.float64)
         out -= mean.astype(np.float32)
         out *= (1.0 / np.where(std > 0, std, 1.0)).astype(np.float32)
         return out
-    lo = out.min(axis=axes, keepdims=True)
-    span = out.max(axis=axes, keepdims=True) - lo
+    span = hi - lo
     out -= lo
     out /= np.where(span > 0, span, np.float32(1.0))  # exact 1.0 at the maximum
     if method == "asinh":
@@ -478,3 +506,55 @@ def normalize_images(
         np.arcsinh(out, out=out)
         out *= np.float32(1.0 / np.arcsinh(1.0 / a))
     return out
+
+
+# float32 values up to this size leave room for a difference of two of them (< 2**125)
+_SAFE_ABS = 2.0**124
+
+
+def _shrink_extreme(out: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Divide images whose values reach 2**124 (in place) by an exact power of two.
+
+    Min-max and z-score results do not change under a positive scale (``zscore-dataset``
+    scales its statistics by the same factor), and a power of two scales float32 exactly.
+
+    Args:
+        out: (N, C, H, W) float32, scaled in place.
+        lo, hi: (N, 1, 1, 1) per-image minimum and maximum, scaled in place too.
+
+    Returns:
+        (N, 1, 1, 1) float64 factors applied (1 for ordinary images).
+    """
+    peak = np.maximum(np.abs(lo), np.abs(hi)).reshape(-1).astype(np.float64)
+    factor = np.ones((len(out), 1, 1, 1))
+    for i in np.flatnonzero(peak > _SAFE_ABS):
+        f = 2.0 ** -math.ceil(math.log2(peak[i] / _SAFE_ABS))
+        factor[i] = f
+        out[i] *= np.float32(f)
+        lo[i] *= np.float32(f)
+        hi[i] *= np.float32(f)
+    return factor
+
+
+def _refuse_nonfinite_input(lo: np.ndarray, hi: np.ndarray, path: object, start: int) -> None:
+    bad = np.flatnonzero(~(np.isfinite(lo) & np.isfinite(hi)).reshape(-1))
+    if len(bad):
+        raise DataError(
+            f"image holds NaN/inf values ({len(bad)} image(s) of this block) before "
+            "normalisation; clean them first: nan_policy / --nan-policy zero, median, "
+            "interpolate or drop.",
+            path,
+            start + int(bad[0]),
+        )
+
+
+def _check_finite_after(out: np.ndarray, method: str, path: object, start: int) -> None:
+    bad = np.flatnonzero(count_nonfinite(out))
+    if len(bad):
+        raise DataError(
+            f"normalize={method!r} maps this image beyond the float32 range (its values lie "
+            "far outside the training statistics); check the data, or store it rescaled "
+            "(e.g. in physical units of order 1).",
+            path,
+            start + int(bad[0]),
+        )

@@ -11,11 +11,13 @@ configs built in Python alike: a value of the wrong type, NaN, inf or out of ran
 :class:`~deeplense_ssl.errors.ConfigError` naming the field (and the YAML file it came from)
 before any command writes anything. Cross-field rules live in each class's ``validate``.
 
-The choice lists are defined where they are implemented (backbones, stems, heads, devices,
-mixed-precision modes, augmentation presets, attribution methods) and only imported here; the
-CLI reads its ``click.Choice`` lists and defaults back from these dataclasses
-(:func:`field_spec`). Imports run one way: implementing modules ->
-config -> training; no module imported here may import this one.
+The choice lists are defined where they are implemented (NaN policies and normalisations in
+``cleaning``, backbones and stems in ``backbones``, heads, SSL methods in ``methods``,
+optimisers in ``optim``, devices and mixed-precision modes in ``runtime``, augmentation presets
+in ``transforms``, attribution methods) and only imported here; the CLI reads its
+``click.Choice`` lists and defaults back from these dataclasses (:func:`field_spec`). Imports
+run one way: implementing modules -> config -> training; no module imported here may import
+this one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import yaml
 
 from .attribution import METHODS as ATTRIBUTION_METHODS
 from .backbones import BACKBONES, STEMS
+from .cleaning import NAN_POLICIES, NORMALIZATIONS
 from .errors import ConfigError
 from .heads import CLASSIFIER_HEADS
 from .methods import METHOD_NAMES as METHODS
@@ -44,21 +47,17 @@ from .optim import OPTIMIZERS
 from .runtime import AMP_MODES, DEVICES
 from .transforms import PRESETS as AUGMENT_PRESETS
 
-# Choice lists whose implementing module cannot be imported here yet; each becomes one import
+# Choice lists whose implementing module cannot be imported here; each becomes one import
 # line once it can:
-# * NAN_POLICIES, NORMALIZATIONS -> ``from .cleaning import NAN_POLICIES, NORMALIZATIONS``
-#   (cleaning.py still imports them from this module);
 # * SIM_MODELS -> ``from .simulate import MODELS as SIM_MODELS`` (simulate.py imports this
 #   module for SimulateConfig);
-# * INITS belongs to finetune.py, which consumes FinetuneConfig, so it stays here.
-NAN_POLICIES = ("raise", "zero", "median", "interpolate", "drop")
-NORMALIZATIONS = ("none", "minmax", "zscore", "zscore-dataset", "asinh")
+# * INITS belongs to finetuning.py, which consumes FinetuneConfig, so it stays here.
 SIM_MODELS = ("model_i", "model_ii", "model_iii")
 INITS = ("pretrained", "random", "scratch")
-STORABLE_NORMALIZATIONS = tuple(n for n in NORMALIZATIONS if n != "zscore-dataset")
 
 BACKBONE_NAMES = tuple(BACKBONES)
 AUGMENTATIONS = tuple(AUGMENT_PRESETS)
+STORABLE_NORMALIZATIONS = tuple(n for n in NORMALIZATIONS if n != "zscore-dataset")
 MAX_SEED = 2**64 - 1  # torch.manual_seed takes an unsigned 64-bit seed
 
 
@@ -71,15 +70,19 @@ def _field(
     ge: float | None = None,
     lt: float | None = None,
     le: float | None = None,
+    note: str | None = None,
 ) -> Any:
     """A dataclass field whose metadata holds its allowed ``choices`` and range bounds.
 
-    For ``list[X]`` fields the choices and bounds apply to every element.
+    For ``list[X]`` fields the choices and bounds apply to every element. ``note`` is added to
+    the message when a value is not among the choices.
     """
     bounds = {"gt": gt, "ge": ge, "lt": lt, "le": le}
     meta: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if note is not None:
+        meta["note"] = note
     return dataclasses.field(default=default, default_factory=factory, metadata=meta)
 
 
@@ -141,8 +144,9 @@ def _check_value(name: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> N
     if choices is None:
         return
     unknown = [item for item in items if item not in choices]
+    note = f" ({meta['note']})" if "note" in meta else ""
     if unknown and item_type is hint:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}.")
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(choices)}{note}.")
     if unknown:
         raise ConfigError(
             f"{name}: unknown value(s) {', '.join(map(str, unknown))}; choose from "
@@ -281,8 +285,12 @@ class ConvertConfig(DataOptions):
 
     src: str = ""
     out: str = "data.h5"
-    # convert keeps physical values (normalise when training); zscore-dataset needs a split
-    normalize: str = _field("none", choices=STORABLE_NORMALIZATIONS)
+    # convert keeps physical values (normalise when training)
+    normalize: str = _field(
+        "none",
+        choices=STORABLE_NORMALIZATIONS,
+        note="zscore-dataset needs the training split: keep 'none' and normalise when training",
+    )
     labels_csv: str | None = None
     label_pattern: str | None = None
     labels_file: str | None = None  # labels of a single stacked .npy/FITS (.npy or text)
@@ -290,12 +298,7 @@ class ConvertConfig(DataOptions):
     labels_key: str | None = None  # label dataset name in HDF5/.npz when ambiguous
 
     def validate(self) -> None:
-        """Check the fields, then that there is a source and a storable normalisation."""
-        if self.normalize == "zscore-dataset":
-            raise ConfigError(
-                "convert cannot apply normalize=zscore-dataset (it needs the training split); "
-                "keep 'none' and normalise when training."
-            )
+        """Check the fields, then that there is a source."""
         check_fields(self)
         if not self.src:
             raise ConfigError("convert needs a source path (SRC).")
@@ -306,6 +309,9 @@ class PretrainConfig(DataOptions):
     """``deeplense-ssl pretrain``: self-supervised pretraining of a ResNet backbone."""
 
     data: str = ""
+    # a second rendering of the same scenes, row-aligned with `data` (simulate --source-variant
+    # 1): the two views of each image come one from each file (simulation-informed positives)
+    paired_data: str | None = None
     out: str = "runs/pretrain"
     method: str = _field("simclr", choices=METHODS)
     backbone: str = _field("resnet18", choices=BACKBONE_NAMES)
@@ -343,6 +349,8 @@ class PretrainConfig(DataOptions):
     checkpoint_every_steps: int = _field(200, gt=0)
     knn_monitor: bool = False
     knn_val_fraction: float = _field(0.1, gt=0, lt=1)
+    # images whose embeddings' effective rank and std are logged every epoch (0: off)
+    collapse_monitor_size: int = _field(512, ge=0)
     resume: bool = False
     # metrics.jsonl line + NaN/inf check every N steps and at checkpoints
     log_every_steps: int = _field(10, gt=0)
@@ -354,6 +362,7 @@ class PretrainConfig(DataOptions):
         if not self.data:
             raise ConfigError("pretrain needs --data.")
         get_method(self.method).validate(self)
+        get_method(self.method).check_pairs(self)
 
 
 @dataclass

@@ -25,8 +25,8 @@ from .config import (
     ReportConfig,
     SimulateConfig,
 )
-from .evaluate import evaluate
-from .finetune import finetune
+from .evaluation import evaluate
+from .finetuning import finetune
 from .report import build_report
 from .runs import BACKBONE_FILE, CHECKPOINT_FILE, EVAL_METRICS_FILE, MODEL_FILE, REPORT_FILE
 from .runtime import resolve_device

@@ -30,6 +30,8 @@ class DataError(DeepLenseError, ValueError):
             if index is not None:
                 where += f" [image {index}]"
             where += ": "
+        elif index is not None:
+            where = f"[image {index}]: "
         super().__init__(where + message)
 
 

@@ -1,7 +1,7 @@
 """Heads put on top of backbone features: the SSL projection head and classifier heads.
 
 Heads are small :class:`torch.nn.Module` s composed with a backbone where they are trained
-(``train.py`` / ``finetune.py``); there is no monolithic model class.
+(``methods/`` / ``finetuning.py``); there is no monolithic model class.
 """
 
 from __future__ import annotations

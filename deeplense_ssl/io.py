@@ -54,8 +54,10 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import time
 import tokenize
 import warnings
@@ -131,7 +133,10 @@ def available_memory_bytes() -> int | None:
             pass
     for limit_file, usage_file in (
         ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
     ):
         limit, usage = _read_int(limit_file), _read_int(usage_file)
         if limit is not None and usage is not None and limit < 1 << 60:
@@ -184,8 +189,10 @@ def require_disk_space(path: str | Path, nbytes: int) -> None:
     path = Path(path)
     folder = _existing_folder(path)
     try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY or not os.access(folder, os.W_OK):
+            return  # the write itself reports the read-only folder, which is the real cause
         free = shutil.disk_usage(folder).free
-    except OSError:
+    except (OSError, AttributeError):
         return
     if nbytes > free:
         raise OutputError(
@@ -236,7 +243,8 @@ def _write_failure(exc: BaseException, target: Path, tmp: Path) -> OutputError |
         return None
     return OutputError(
         f"no space left on {target.parent}: cannot write {target} ({format_bytes(free)} free; "
-        f"{type(exc).__name__}: {_one_line(exc)}); free some space or choose another output folder.",
+        f"{type(exc).__name__}: {_one_line(exc)}); free some space or choose another output "
+        "folder.",
         target,
         errno.ENOSPC,
     )
@@ -446,6 +454,47 @@ class _GuardedFile(io.FileIO):
         return self.tell() if size is None else size
 
 
+_DEFERRED_SIGNALS = {
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+}
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP until the block ends, then deliver them.
+
+    h5py's ``fileobj`` driver runs :class:`_GuardedFile` (Python) inside HDF5 calls; an
+    exception raised there by a signal handler is lost inside HDF5 (measured: the process then
+    crashed with a segmentation fault). Python signal handlers run in the main thread, so
+    there they are swapped, for the block, for one that only records the signal; the first
+    signal recorded is handed to the original handler just after the block, where cleanup
+    works. (Blocking the signals with ``pthread_sigmask`` is not enough: the kernel hands a
+    process signal to any other thread, e.g. one of torch's, and Python then runs the handler
+    in the main thread anyway.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append((signum, frame))
+
+    previous: dict[int, Any] = {}
+    for signum in _DEFERRED_SIGNALS:
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            if callable(signal.getsignal(signum)):  # a Python handler (not default / ignored)
+                previous[signum] = signal.signal(signum, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signum, frame = caught[0]
+            previous[signum](signum, frame)
+
+
 def _storable(text: Any) -> str:
     """``text`` as valid UTF-8 (file names may hold undecodable bytes, kept as ``\\udcXX``)."""
     return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
@@ -525,34 +574,39 @@ class HDF5Writer:
         self._ctx = atomic_output(self.path)
         tmp = self._ctx.__enter__()
         try:
-            self._fh = _GuardedFile(tmp, "r+")
-            f = self._file = h5py.File(self._fh, "w")
-            n = self.n_max
-            chunks = (min(self.chunk_images, n),) + self.image_shape if n else None
-            f.create_dataset(
-                "images",
-                (n, *self.image_shape),
-                np.float32,
-                chunks=chunks,
-                maxshape=(None, *self.image_shape),
-            )
-            for name, dtype in (
-                ("labels", np.int64),
-                ("nan_counts", np.int64),
-                ("sources", h5py.string_dtype()),
-            ):
-                f.create_dataset(
-                    name,
-                    (n,),
-                    dtype,
-                    chunks=(max(1, min(n, 65536)),) if n else None,
-                    maxshape=(None,),
-                )
-            self._check_io()
+            with _signals_deferred():
+                self._create(tmp, h5py)
         except BaseException as exc:
             self._abort(exc)
             raise
         return self
+
+    def _create(self, tmp: Path, h5py: Any) -> None:
+        """Open the temporary file and create the datasets."""
+        self._fh = _GuardedFile(tmp, "r+")
+        f = self._file = h5py.File(self._fh, "w")
+        n = self.n_max
+        chunks = (min(self.chunk_images, n),) + self.image_shape if n else None
+        f.create_dataset(
+            "images",
+            (n, *self.image_shape),
+            np.float32,
+            chunks=chunks,
+            maxshape=(None, *self.image_shape),
+        )
+        for name, dtype in (
+            ("labels", np.int64),
+            ("nan_counts", np.int64),
+            ("sources", h5py.string_dtype()),
+        ):
+            f.create_dataset(
+                name,
+                (n,),
+                dtype,
+                chunks=(max(1, min(n, 65536)),) if n else None,
+                maxshape=(None,),
+            )
+        self._check_io()
 
     def _check_io(self) -> None:
         """Raise the write error the guarded file swallowed, if any."""
@@ -582,7 +636,8 @@ class HDF5Writer:
             OutputError: the disk is full or the file cannot be written.
         """
         try:
-            self._append(images, labels, sources, nan_counts, params)
+            with _signals_deferred():
+                self._append(images, labels, sources, nan_counts, params)
         except DeepLenseError:
             raise
         except Exception:  # after a swallowed write error h5py may fail in any way
@@ -652,10 +707,11 @@ class HDF5Writer:
             self._abort(exc)
             return
         try:
-            self._finish()
-            self._file.close()
-            self._check_io()
-            self._fh.close()
+            with _signals_deferred():
+                self._finish()
+                self._file.close()
+                self._check_io()
+                self._fh.close()
         except BaseException as err:
             self._abort(err)
             raise
@@ -691,13 +747,14 @@ class HDF5Writer:
 
     def _abort(self, exc: BaseException) -> None:
         """Close everything, remove the temporary file; raise the write error if there was one."""
-        if self._file is not None:
-            with contextlib.suppress(Exception):
-                self._file.close()
-        error = self._fh.error if self._fh is not None else None
-        if self._fh is not None:
-            with contextlib.suppress(Exception):
-                self._fh.close()
+        with _signals_deferred():
+            if self._file is not None:
+                with contextlib.suppress(Exception):
+                    self._file.close()
+            error = self._fh.error if self._fh is not None else None
+            if self._fh is not None:
+                with contextlib.suppress(Exception):
+                    self._fh.close()
         if self._ctx is None:
             return
         if error is not None and not isinstance(exc, OutputError | KeyboardInterrupt):
@@ -853,6 +910,10 @@ class _FileListSource(Source):
         return images, params_out
 
 
+_INDEX_BYTES_PER_IMAGE = 128  # label, source name and bookkeeping of one image
+_LARGE_BLOCK_BYTES = 1 << 28  # blocks above this are checked against the free memory
+
+
 class _ArraySource(Source):
     """All images in one array-like (memory-mapped npy, npz member, FITS cube, HDF5 dataset)."""
 
@@ -870,7 +931,7 @@ class _ArraySource(Source):
         meta: dict[str, Any] | None = None,
         closer: Any = None,
     ):
-        shape = tuple(array.shape)
+        shape = tuple(int(v) for v in array.shape)
         if len(shape) == 2:  # one image
             array = _OneImage(array)
             shape = (1, *shape)
@@ -881,6 +942,10 @@ class _ArraySource(Source):
                 path,
             )
         n = shape[0]
+        # float32 bytes of one image once cleaned: refuse absurd declared sizes up front
+        self.image_bytes = 4 * math.prod(shape[1:])
+        require_memory(self.image_bytes, f"one image of shape {shape[1:]}", path=path)
+        require_memory(n * _INDEX_BYTES_PER_IMAGE, f"the index of {n} images", path=path)
         meta = dict(meta or {})
         if labels is None:
             labels = np.zeros(n, np.int64)
@@ -930,6 +995,13 @@ class _ArraySource(Source):
         self, start: int, stop: int, out: np.ndarray | None = None
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Read images ``start:stop``; into ``out`` (and return it) when ``direct_shape``."""
+        if out is None and (stop - start) * self.image_bytes > _LARGE_BLOCK_BYTES:
+            require_memory(
+                (stop - start) * self.image_bytes,
+                f"reading images {start}..{stop - 1}",
+                path=self.path,
+                hint="; read fewer images per block (block_size)",
+            )
         try:
             if out is not None and self.direct_shape is not None:
                 self.array.read_direct(out, np.s_[start:stop])
@@ -1212,29 +1284,48 @@ def _labels_from_pattern(pattern: str, files: list[Path], root: Path) -> tuple[n
     return np.array([index[c] for c in found], np.int64), order
 
 
-def _labels_from_csv(csv_path: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
+def _read_label_rows(csv_path: Path) -> list[tuple[int, str, str]]:
+    """(line number, file, label) of every data row of a labels CSV (UTF-8, BOM allowed)."""
     if not csv_path.is_file():
         raise DataError("labels CSV not found; check the path.", csv_path)
-    try:
-        with open(csv_path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+    try:  # utf-8-sig: Excel saves CSV files with a byte-order mark
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = [(reader.line_num, row) for row in reader]
+            header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read labels CSV ({exc}).", csv_path) from exc
+        raise DataError(f"cannot read labels CSV ({_one_line(exc)}).", csv_path) from exc
     if not rows:
         raise DataError("labels CSV has no rows; expected columns 'file' and 'label'.", csv_path)
-    cols = {c.strip().lower(): c for c in rows[0] if c is not None}
+    cols = {c.strip().lower(): c for c in header if c is not None}
     file_col = next((cols[c] for c in ("file", "filename", "path", "name") if c in cols), None)
     label_col = next((cols[c] for c in ("label", "class", "labels", "target") if c in cols), None)
     if file_col is None or label_col is None:
-        raise DataError(
-            f"labels CSV needs columns 'file' and 'label', found {list(rows[0])}.", csv_path
-        )
-    mapping: dict[str, str] = {}
-    for i, row in enumerate(rows):
-        key = Path(str(row[file_col]).strip()).name
-        mapping[key] = str(row[label_col]).strip()
-        if not key or not mapping[key]:
-            raise DataError("empty file name or label in CSV row.", csv_path, i)
+        raise DataError(f"labels CSV needs columns 'file' and 'label', found {header}.", csv_path)
+    out = []
+    for line, row in rows:
+        name, label = (str(row.get(c) or "").strip() for c in (file_col, label_col))
+        if not name or not label:
+            raise DataError(
+                f"line {line} has no {'file name' if not name else 'label'}; every row needs both.",
+                csv_path,
+            )
+        out.append((line, name, label))
+    return out
+
+
+def _labels_from_csv(csv_path: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
+    mapping: dict[str, tuple[str, int]] = {}
+    for line, name, label in _read_label_rows(csv_path):
+        key = Path(name).name
+        if key in mapping and mapping[key][0] != label:
+            first, first_line = mapping[key]
+            raise DataError(
+                f"{key} has two different labels, {first!r} (line {first_line}) and {label!r} "
+                f"(line {line}); keep one row per file.",
+                csv_path,
+            )
+        mapping.setdefault(key, (label, line))
     values = []
     for file in files:
         if file.name not in mapping:
@@ -1242,11 +1333,16 @@ def _labels_from_csv(csv_path: Path, files: list[Path]) -> tuple[np.ndarray, lis
                 f"{file.name} is not listed in the labels CSV; add a row for it or move it out.",
                 csv_path,
             )
-        values.append(mapping[file.name])
-    if all(re.fullmatch(r"-?\d+", v) for v in values):
+        values.append(mapping[file.name][0])
+    if all(re.fullmatch(r"-?\d{1,9}", v) for v in values):
         labels = np.array([int(v) for v in values], np.int64)
         if labels.min() < 0:
             raise DataError("integer labels in the CSV must be >= 0.", csv_path)
+        if labels.max() >= MAX_CLASSES:
+            raise DataError(
+                f"integer labels must be class indices below {MAX_CLASSES}, got {labels.max()}.",
+                csv_path,
+            )
         names = [f"class_{k}" for k in range(int(labels.max()) + 1)]
         return labels, names
     names = sorted(set(values))
@@ -1260,7 +1356,15 @@ def _as_labels(labels: Any, path: Path) -> np.ndarray:
         if not lp.is_file():
             raise DataError("labels file not found; check the path.", lp)
         try:
-            labels = np.load(lp, allow_pickle=False) if lp.suffix == ".npy" else np.loadtxt(lp)
+            if lp.suffix == ".npy":
+                shape, dtype, offset = _npy_header(lp)
+                declared = math.prod(shape) * dtype.itemsize
+                _check_declared_size(declared, lp.stat().st_size - offset, lp, "truncated .npy")
+                labels = np.load(lp, allow_pickle=False)
+            else:
+                labels = np.loadtxt(lp)
+        except DataError:
+            raise
         except (OSError, ValueError) as exc:
             raise DataError(
                 f"cannot read labels ({exc}); expected one integer per image.", lp
@@ -1274,6 +1378,12 @@ def _as_labels(labels: Any, path: Path) -> np.ndarray:
             raise DataError("labels must be whole numbers (class indices).", path)
     elif arr.dtype.kind not in "iub":
         raise DataError(f"labels must be integers, got dtype {arr.dtype}.", path)
+    if arr.size and arr.max() >= MAX_CLASSES:
+        raise DataError(
+            f"labels must be class indices below {MAX_CLASSES}, got up to {arr.max()}; is this "
+            "really a label file?",
+            path,
+        )
     return arr.astype(np.int64)
 
 
@@ -1305,8 +1415,7 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 def _check_npy_dtype(dtype: np.dtype, path: object) -> None:
     if (dtype.names is not None or dtype.subdtype is not None) and not dtype.hasobject:
         raise DataError(
-            f"holds a structured array (dtype {dtype}); store the images as a plain numeric "
-            "array.",
+            f"holds a structured array (dtype {dtype}); store the images as a plain numeric array.",
             path,
         )
 
@@ -1452,7 +1561,9 @@ def _open_npz(
             f"cannot read .npz ({_one_line(exc)}); the file is corrupt or truncated.", path
         ) from exc
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError("is not an .npz archive (np.savez); check the file and its extension.", path)
+        raise DataError(
+            "is not an .npz archive (np.savez); check the file and its extension.", path
+        )
     try:
         keys = list(npz.keys())
         ikey = _pick_key(
@@ -1639,8 +1750,7 @@ def _hdf5_source(f: Any, path: Path, images_key: Any, labels_key: Any, class_nam
         lds = datasets[lkey]
         if lds.ndim not in (1, 2) or lds.shape[0] != n:
             raise DataError(
-                f"dataset {lkey!r} has shape {lds.shape} for {n} images; give one label per "
-                "image.",
+                f"dataset {lkey!r} has shape {lds.shape} for {n} images; give one label per image.",
                 path,
             )
         labels = lds[()]
@@ -1687,10 +1797,14 @@ def _class_name_list(raw: Any, path: object, what: str) -> list[str]:
     ok = isinstance(raw, list | tuple) and all(
         isinstance(c, str | bytes | int) and not isinstance(c, bool) for c in raw
     )
-    names = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in raw] if ok else []
+    names = (
+        [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in raw]
+        if ok
+        else []
+    )
     if not ok or not names or len(names) > MAX_CLASSES or "" in names:
         raise DataError(
-            f"{what} must be a list of class names such as [\"no_sub\", \"cdm\"], got "
+            f'{what} must be a list of class names such as ["no_sub", "cdm"], got '
             f"{_one_line(repr(raw), 80)}; fix or delete it.",
             path,
         )
@@ -1852,6 +1966,19 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         return getattr(np, name)
 
 
+# what a refused or malformed pickle raises (the unpickler above builds only arrays)
+_UNPICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    MemoryError,
+)
+
+
 def _load_cifar_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
@@ -1862,16 +1989,23 @@ def _load_cifar_batch(path: Path) -> dict:
             "(data_batch_1..5, test_batch, batches.meta).",
             path,
         ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise DataError(f"not a valid CIFAR-10 batch file ({exc}).", path) from None
+    except _UNPICKLE_ERRORS as exc:
+        raise DataError(f"not a valid CIFAR-10 batch file ({_one_line(exc)}).", path) from None
     if not isinstance(obj, dict):
         raise DataError("not a valid CIFAR-10 batch file (expected a dict).", path)
     obj = {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
     data = obj.get("data")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise DataError("CIFAR-10 batch has no uint8 (N, 3072) 'data' array.", path)
-    if len(obj.get("labels", [])) != len(data):
-        raise DataError(f"{len(data)} images but {len(obj.get('labels', []))} labels.", path)
+    try:
+        labels = np.asarray(obj.get("labels", []), dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(f"CIFAR-10 labels are not integers ({_one_line(exc)}).", path) from None
+    if labels.shape != (len(data),):
+        raise DataError(f"{len(data)} images but labels of shape {labels.shape}.", path)
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError("CIFAR-10 labels must lie in 0..9.", path)
+    obj["labels"] = labels
     return obj
 
 
@@ -1907,7 +2041,11 @@ def _load_cifar_batch_meta(path: Path) -> list[str]:
     try:
         with open(path, "rb") as fh:
             meta = _ArrayOnlyUnpickler(fh, encoding="bytes").load()
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise DataError(f"cannot read CIFAR-10 class names ({exc}).", path) from None
-    meta = {k.decode() if isinstance(k, bytes) else k: v for k, v in meta.items()}
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    except (OSError, *_UNPICKLE_ERRORS) as exc:
+        raise DataError(f"cannot read CIFAR-10 class names ({_one_line(exc)}).", path) from None
+    if isinstance(meta, dict):
+        meta = {k.decode() if isinstance(k, bytes) else k: v for k, v in meta.items()}
+    names = meta.get("label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != 10:
+        raise DataError("CIFAR-10 batches.meta has no list of 10 'label_names'.", path)
+    return _class_name_list(names, path, "'label_names'")

@@ -1,7 +1,7 @@
 """Pure metrics: ROC-AUC (per class, macro, micro), bootstrap intervals, kNN, OOD, accuracy.
 
 Arrays in (NumPy or torch), floats and dicts out; no files, no models. The demo, the
-benchmarks, :mod:`deeplense_ssl.evaluate`, the fine-tuning validation and the pretraining kNN
+benchmarks, :mod:`deeplense_ssl.evaluation`, the fine-tuning validation and the pretraining kNN
 monitor call them in-process. This module imports no training or evaluation code.
 
 Conventions (see ``docs/ARCHITECTURE.md`` and the evaluation mistakes listed in DOMAIN.md):

@@ -292,7 +292,10 @@ def fig_label_fraction(groups: Mapping[str, Sequence[Mapping[str, Any]]]) -> Fig
     return fig
 
 
-def _draw_attribution_map(ax: Axes, method: str, a: np.ndarray, img: np.ndarray, cmap) -> None:
+def _draw_attribution_map(
+    ax: Axes, method: str, a: np.ndarray, img: np.ndarray, cmap: str | None
+) -> None:
+    """One attribution map on its axes (Grad-CAM over the image, IG signed, saliency >= 0)."""
     if method == "integrated_gradients":
         v = np.abs(a).max() or 1.0
         ax.imshow(a, cmap="RdBu_r", vmin=-v, vmax=v)

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +45,7 @@ import numpy as np
 
 from .config import SimulateConfig
 from .errors import ConfigError, MissingDependencyError
+from .io import HDF5Writer, require_disk_space, require_memory
 
 CLASS_NAMES: tuple[str, ...] = ("no_sub", "cdm", "axion")
 MODELS: tuple[str, ...] = ("model_i", "model_ii", "model_iii")
@@ -580,6 +583,40 @@ def simulate_one(
     return image.astype(np.float32), label, scene
 
 
+MAX_IMAGE_SIZE_PX = 2048  # over 13x the largest native size; rendering cost grows as size**2
+PARAM_BYTES_PER_IMAGE = 8 * (3 * N_SUBHALOS + 9)  # the float64 / int64 params of one image
+
+
+def check_request(
+    model: str, n_per_class: int, seed: int = 0, image_size: int | None = None, workers: int = 1
+) -> tuple[int, int]:
+    """Validate a simulation request before any work.
+
+    Returns:
+        (number of images, image side in pixels).
+
+    Raises:
+        ConfigError: unknown model, non-integer or out-of-range counts, sizes, seed or workers.
+    """
+    _instrument(model)
+    for name, value, low in (("n_per_class", n_per_class, 1), ("workers", workers, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}.")
+    if image_size is not None and (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int | np.integer)
+        or not 4 <= image_size <= MAX_IMAGE_SIZE_PX
+    ):
+        raise ConfigError(
+            f"image_size must be an integer from 4 to {MAX_IMAGE_SIZE_PX} pixels, got "
+            f"{image_size!r}."
+        )
+    size = int(image_size or INSTRUMENTS[model].native_size_px)
+    return int(n_per_class) * len(CLASS_NAMES), size
+
+
 def simulate_arrays(
     model: str,
     n_per_class: int,
@@ -595,11 +632,11 @@ def simulate_arrays(
     Args:
         model: ``model_i``, ``model_ii`` or ``model_iii``.
         n_per_class: images per class.
-        seed: run seed; the result does not depend on ``workers``.
-        image_size: pixels per side (None: native 150 for model_i, 64 otherwise) at the model's
-            pixel scale.
+        seed: run seed (>= 0); the result does not depend on ``workers``.
+        image_size: pixels per side, 4 to :data:`MAX_IMAGE_SIZE_PX` (None: native 150 for
+            model_i, 64 otherwise) at the model's pixel scale.
         noise: add the model's noise (False: noiseless images in the same unit).
-        workers: processes to use (1: in this process).
+        workers: processes to use (1: in this process; at most one per CPU core is started).
         progress: show a tqdm progress bar on stderr.
 
     Returns:
@@ -609,74 +646,89 @@ def simulate_arrays(
 
     Raises:
         MissingDependencyError: lenstronomy is not installed.
-        ConfigError: bad model, counts or sizes.
+        ConfigError: bad model, counts or sizes, or more images than fit in memory (use
+            :func:`simulate_dataset`, which streams them to disk).
     """
-    _instrument(model)
-    if n_per_class < 1:
-        raise ConfigError(f"n_per_class must be >= 1, got {n_per_class}.")
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}.")
-    if image_size is not None and image_size < 4:
-        raise ConfigError(f"image_size must be at least 4 pixels, got {image_size}.")
+    n, size = check_request(model, n_per_class, seed, image_size, workers)
     _require_lenstronomy()
-    n = n_per_class * len(CLASS_NAMES)
-    size = int(image_size or INSTRUMENTS[model].native_size_px)
-    if size < min_full_ring_size_px(model):
-        warnings.warn(
-            f'image_size={size} px at {INSTRUMENTS[model].pixel_scale_arcsec}"/px crops the '
-            f'Einstein ring (radius {einstein_radius_arcsec(HOST_MASS_MSUN):.2f}"); use at least '
-            f"{min_full_ring_size_px(model)} px to see whole rings and arcs.",
-            UserWarning,
-            stacklevel=2,
-        )
+    require_memory(
+        n * (4 * size * size + PARAM_BYTES_PER_IMAGE),
+        f"simulating {n} images of {size}x{size} px in memory",
+        error=ConfigError,
+        hint="; simulate fewer images, or write them to disk with simulate_dataset / the CLI",
+    )
+    _warn_if_ring_cropped(model, size)
     images = np.empty((n, 1, size, size), np.float32)
     labels = np.empty(n, np.int64)
     scenes: list[Scene] = [None] * n  # type: ignore[list-item]
-    chunks = _chunks(n, workers)
-    bar = _progress_bar(n, model, progress)
-    try:
-        for start, chunk in _run_chunks(model, size, seed, noise, chunks, workers):
-            for j, (image, label, scene) in enumerate(chunk):
-                images[start + j, 0] = image
-                labels[start + j] = label
-                scenes[start + j] = scene
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+    blocks = _simulate_blocks(model, n, size, seed, noise, workers, progress)
+    for start, block, block_labels, block_scenes in blocks:
+        stop = start + len(block)
+        images[start:stop] = block
+        labels[start:stop] = block_labels
+        scenes[start:stop] = block_scenes
     return images, labels, _params_from_scenes(scenes)
 
 
 def simulate_dataset(cfg: SimulateConfig) -> Path:
     """Simulate a dataset and write it to ``cfg.out`` in the package's HDF5 layout, atomically.
 
+    Images are written block by block as they are rendered (memory stays small for any
+    ``n_per_class``); the free disk space is checked before the first image is rendered.
+
     Args:
         cfg: validated :class:`~deeplense_ssl.config.SimulateConfig`.
 
     Returns:
         The path written. Nothing is left at ``cfg.out`` if anything fails (Ctrl-C included).
+
+    Raises:
+        ConfigError: bad settings (see :func:`check_request`).
+        OutputError: not enough disk space (before starting, or when the disk fills up).
     """
     cfg.validate()
-    from .io import write_hdf5
+    n, size = check_request(cfg.model, cfg.n_per_class, cfg.seed, cfg.image_size, cfg.workers)
+    _require_lenstronomy()
+    require_disk_space(cfg.out, n * (4 * size * size + PARAM_BYTES_PER_IMAGE + 128) + (1 << 20))
+    _warn_if_ring_cropped(cfg.model, size)
+    attrs = {"provenance": provenance(cfg), "image_unit": INSTRUMENTS[cfg.model].image_unit}
+    blocks = _simulate_blocks(cfg.model, n, size, cfg.seed, cfg.noise, cfg.workers, True)
+    # closing(): on any error the progress bar and the worker pool end before the message
+    with (
+        HDF5Writer(cfg.out, n, (1, size, size), CLASS_NAMES, attrs=attrs) as writer,
+        closing(blocks),
+    ):
+        for start, images, labels, scenes in blocks:
+            names = [f"{cfg.model}/{CLASS_NAMES[lab]}/{start + j}" for j, lab in enumerate(labels)]
+            writer.append(images, labels, sources=names, params=_params_from_scenes(scenes))
+    return Path(cfg.out)
 
-    images, labels, params = simulate_arrays(
-        cfg.model,
-        cfg.n_per_class,
-        cfg.seed,
-        image_size=cfg.image_size,
-        noise=cfg.noise,
-        workers=cfg.workers,
-        progress=True,
-    )
-    names = [f"{cfg.model}/{CLASS_NAMES[lab]}/{i}" for i, lab in enumerate(labels)]
-    return write_hdf5(
-        cfg.out,
-        images,
-        labels,
-        CLASS_NAMES,
-        sources=names,
-        params=params,
-        attrs={"provenance": provenance(cfg), "image_unit": INSTRUMENTS[cfg.model].image_unit},
-    )
+
+def _warn_if_ring_cropped(model: str, size: int) -> None:
+    if size < min_full_ring_size_px(model):
+        warnings.warn(
+            f'image_size={size} px at {INSTRUMENTS[model].pixel_scale_arcsec}"/px crops the '
+            f'Einstein ring (radius {einstein_radius_arcsec(HOST_MASS_MSUN):.2f}"); use at least '
+            f"{min_full_ring_size_px(model)} px to see whole rings and arcs.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _simulate_blocks(
+    model: str, n: int, size: int, seed: int, noise: bool, workers: int, progress: bool
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[Scene]]]:
+    """Yield ``(start, images (B, 1, H, W) float32, labels (B,), scenes)`` in image order."""
+    workers = min(workers, _cpu_count())
+    bar = _progress_bar(n, model, progress)
+    try:
+        for start, chunk in _run_chunks(model, size, seed, noise, n, workers):
+            images = np.stack([image for image, _, _ in chunk])[:, None]
+            labels = np.array([label for _, label, _ in chunk], np.int64)
+            yield start, images, labels, [scene for _, _, scene in chunk]
+            bar.update(len(chunk))
+    finally:
+        bar.close()
 
 
 def provenance(cfg: SimulateConfig) -> dict[str, Any]:
@@ -748,10 +800,16 @@ def _require_lenstronomy() -> None:
         ) from exc
 
 
-def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
-    """(start, stop) index ranges: small enough for a smooth bar and load balance."""
-    size = max(1, min(64, math.ceil(n / (workers * 8))))
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _chunk_size(n: int, workers: int) -> int:
+    """Images per task: small enough for a smooth bar and load balance."""
+    return max(1, min(64, math.ceil(n / (workers * 8))))
 
 
 _WORKER_RENDERER: Renderer | None = None
@@ -773,19 +831,21 @@ def _run_chunks(
     size: int,
     seed: int,
     noise: bool,
-    chunks: list[tuple[int, int]],
+    n: int,
     workers: int,
 ) -> Iterator[tuple[int, list]]:
-    tasks = [(a, b, seed, noise) for a, b in chunks]
+    step = _chunk_size(n, workers)
+    n_tasks = math.ceil(n / step)
+    tasks = ((a, min(n, a + step), seed, noise) for a in range(0, n, step))  # lazy: any n
     _worker_init(model, size)  # imports lenstronomy once here; forked workers inherit it
-    if workers == 1 or len(chunks) == 1:
+    if workers == 1 or n_tasks == 1:
         for task in tasks:
             yield _worker_chunk(task)
         return
     # fork is fast and safe here (workers only run numpy/lenstronomy); spawn elsewhere
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     ctx = mp.get_context(method)
-    with ctx.Pool(min(workers, len(chunks)), _worker_init, (model, size)) as pool:
+    with ctx.Pool(min(workers, n_tasks), _worker_init, (model, size)) as pool:
         yield from pool.imap(_worker_chunk, tasks)  # ordered; terminate() on exit / Ctrl-C
 
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from deeplense_ssl.backbones import build_backbone
+from deeplense_ssl.checkpoint import backbone_state_for_file, save_checkpoint
+from deeplense_ssl.config import EvaluateConfig, FinetuneConfig, config_from_sources
+from deeplense_ssl.evaluation import evaluate
+from deeplense_ssl.finetuning import finetune
 from deeplense_ssl.io import write_hdf5
+from deeplense_ssl.runs import write_run_config
 
 
 def toy_images(n_per_class: int, size: int = 16, chans: int = 1, seed: int = 0, n_classes=3):
@@ -47,11 +54,6 @@ def write_toy_h5(path: Path, n_per_class=20, size=16, chans=1, seed=0, class_nam
 
 def fake_pretrain_run(run_dir: Path, in_chans: int = 1, stem: str = "small", seed: int = 0):
     """A finished pretrain run folder with a random resnet18 (no training needed)."""
-    import torch
-
-    from deeplense_ssl.backbones import build_backbone
-    from deeplense_ssl.checkpoint import backbone_state_for_file, save_checkpoint, write_run_config
-
     torch.manual_seed(seed)
     bb = build_backbone("resnet18", in_chans=in_chans, stem=stem)
     write_run_config(
@@ -88,10 +90,6 @@ def finetune_and_evaluate(
 ):
     """Toy train/test files + fake pretrain run under ``root`` (made once), then one finetune
     run and its evaluation. Returns (run_dir, metrics dict)."""
-    from deeplense_ssl.config import EvaluateConfig, FinetuneConfig, config_from_sources
-    from deeplense_ssl.evaluate import evaluate
-    from deeplense_ssl.finetune import finetune
-
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "train.h5").exists():
         write_toy_h5(root / "train.h5", n_per_class=20, seed=0)

@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from deeplense_ssl import checkpoint as ck
+from deeplense_ssl import runs
 from deeplense_ssl.backbones import build_backbone, torchvision_resnet_for
 from deeplense_ssl.config import PretrainConfig
 from deeplense_ssl.errors import CheckpointError
 from deeplense_ssl.training import pretrain
+from deeplense_ssl.training.resume import method_state
 
 
 def _state(value: float) -> dict:
@@ -100,10 +102,12 @@ def finished_run(tmp_path_factory):
 
 def test_load_pretrained_backbone_matches_the_checkpoint(finished_run):
     backbone, info = ck.load_pretrained_backbone(finished_run)
-    state = ck.load_checkpoint(finished_run / ck.CHECKPOINT_FILE)
+    path = finished_run / runs.CHECKPOINT_FILE
+    state = ck.load_checkpoint(path)
     assert state["finished"] and state["step"] == 1
+    weights = method_state(state, path)  # v2: the method's whole state, backbone.* keys
     for key, value in backbone.state_dict().items():
-        assert torch.equal(value, state["backbone"][key]), key
+        assert torch.equal(value, weights[f"backbone.{key}"]), key
     assert not backbone.training
     assert info["backbone"] == "resnet18" and info["stem"] == "small"
     assert info["in_chans"] == 2 and info["feature_dim"] == 512 == backbone.feature_dim
@@ -114,9 +118,9 @@ def test_load_pretrained_backbone_matches_the_checkpoint(finished_run):
 
 
 def test_backbone_file_loads_into_plain_torchvision(finished_run):
-    sd = ck.load_state_dict_file(finished_run / ck.BACKBONE_FILE)
+    sd = ck.load_state_dict_file(finished_run / runs.BACKBONE_FILE)
     _, info = ck.load_pretrained_backbone(finished_run)
-    spec = json.loads((finished_run / ck.CONFIG_FILE).read_text())["backbone_spec"]
+    spec = json.loads((finished_run / runs.CONFIG_FILE).read_text())["backbone_spec"]
     model = torchvision_resnet_for(spec, num_classes=3)
     result = model.load_state_dict(sd, strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"]
@@ -138,6 +142,6 @@ def test_load_pretrained_backbone_clear_errors(tmp_path, finished_run):
     with pytest.raises(CheckpointError, match="did not finish.*--resume"):
         ck.load_pretrained_backbone(unfinished)
     wrong = build_backbone("resnet18", in_chans=1, stem="small")  # 1 band, run has 2
-    ck.save_checkpoint(unfinished / ck.BACKBONE_FILE, wrong.state_dict())
+    ck.save_checkpoint(unfinished / runs.BACKBONE_FILE, wrong.state_dict())
     with pytest.raises(CheckpointError, match="do not match"):
         ck.load_pretrained_backbone(unfinished)

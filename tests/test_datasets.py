@@ -5,6 +5,7 @@ Rendering summaries (text, data cards) is tested in tests/test_datacards.py.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -25,7 +26,7 @@ from deeplense_ssl.datasets import (
     summarize,
 )
 from deeplense_ssl.errors import ConfigError, DataError
-from deeplense_ssl.io import read_hdf5
+from deeplense_ssl.io import read_hdf5, write_hdf5
 
 
 def _mixed_folder(root: Path) -> dict[str, np.ndarray]:
@@ -318,3 +319,28 @@ def test_make_splits_few_labels_and_train_only_statistics(tmp_path: Path):
     np.testing.assert_array_equal(parts["test"].indices, split["test"])
     mean = x[split["train"]].astype(np.float64).mean()
     assert data.meta["norm_stats"]["mean"][0] == pytest.approx(mean)
+
+
+def test_summary_of_hdf5_attrs_is_strict_json(tmp_path: Path):
+    """Stored attributes come back as plain JSON values: numbers stay numbers, NaN is null."""
+    path = tmp_path / "a.h5"
+    write_hdf5(path, np.zeros((2, 1, 4, 4), np.float32), np.array([0, 1]), ["a", "b"])
+    with h5py.File(path, "a") as f:
+        f.attrs["pixel_scale_arcsec"] = np.float64(0.101)
+        f.attrs["n_sub"] = np.int64(25)
+        f.attrs["zero_point"] = np.nan
+        f.attrs["sizes"] = np.array([64, 64])
+        f.attrs["recipe"] = json.dumps({"psf": "gaussian"})
+    attrs = summarize(path)["attrs"]
+    assert attrs["pixel_scale_arcsec"] == 0.101 and attrs["n_sub"] == 25
+    assert attrs["zero_point"] is None and attrs["sizes"] == [64, 64]
+    assert attrs["recipe"] == {"psf": "gaussian"}  # JSON strings are decoded
+    json.dumps(attrs, allow_nan=False)
+
+
+def test_summary_without_any_finite_pixel(tmp_path: Path):
+    np.save(tmp_path / "x.npy", np.full((2, 3, 3), np.nan))
+    s = summarize(tmp_path / "x.npy")
+    assert s["value_min"] is None and s["value_max"] is None and s["value_mean"] is None
+    assert s["nan_pixels"] == 18 and s["constant_images"] == 2
+    assert s["per_class"]["unlabelled"] == {"count": 2, "min": None, "max": None, "mean": None}

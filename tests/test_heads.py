@@ -8,6 +8,7 @@ from torch import nn
 
 from deeplense_ssl.errors import ConfigError
 from deeplense_ssl.heads import (
+    CLASSIFIER_HEADS,
     ClassifierHead,
     LinearHead,
     MLPHead,
@@ -92,3 +93,16 @@ def test_build_classifier_head() -> None:
 def test_bad_dimensions(make) -> None:
     with pytest.raises(ConfigError):
         make()
+
+
+def test_every_listed_classifier_head_builds():
+    """CLASSIFIER_HEADS is the list FinetuneConfig and the CLI offer; each name must build."""
+    x = torch.randn(3, 8)
+    kinds = {}
+    for name in CLASSIFIER_HEADS:
+        head = build_classifier_head(name, 8, 4, hidden_dim=6)
+        assert head(x).shape == (3, 4)
+        kinds[name] = type(head).__name__
+    assert kinds == {"linear": "LinearHead", "mlp": "MLPHead", "full": "LinearHead"}
+    with pytest.raises(ConfigError, match="head='deep' is not one of linear, mlp, full"):
+        build_classifier_head("deep", 8, 4)

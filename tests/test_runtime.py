@@ -7,7 +7,7 @@ import torch
 
 from deeplense_ssl import runtime
 from deeplense_ssl.errors import ConfigError
-from deeplense_ssl.train import _fetch
+from deeplense_ssl.training.data import fetch
 
 
 def test_cpu_and_auto_without_cuda(monkeypatch) -> None:
@@ -39,10 +39,35 @@ def test_cuda_always_comes_back_with_its_index(monkeypatch) -> None:
 def test_fetch_picks_rows_on_the_data_device() -> None:
     data = torch.arange(24.0).view(6, 4)
     idx = torch.tensor([4, 0, 4])
-    out = _fetch(data, idx, torch.device("cpu"))
+    out = fetch(data, idx, torch.device("cpu"))
     torch.testing.assert_close(out, data[[4, 0, 4]])
     # Data on a non-CPU device (meta stands in for a GPU here) is indexed where it lives,
     # whatever index form the target device was given in.
     meta = data.to("meta")
-    out = _fetch(meta, idx, torch.device("meta"))
+    out = fetch(meta, idx, torch.device("meta"))
     assert out.device.type == "meta" and out.shape == (3, 4)
+
+
+def test_amp_modes_map_to_autocast_dtypes(monkeypatch) -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    expected = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+    for mode, dtype in expected.items():
+        assert runtime.resolve_amp_dtype(mode, cpu) is dtype
+        assert runtime.resolve_amp_dtype(mode, gpu) is dtype
+    assert runtime.resolve_amp_dtype("auto", cpu) is None  # full precision on the CPU
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(
+            torch.cuda, "is_bf16_supported", lambda including_emulation, n=native: n
+        )
+        assert runtime.resolve_amp_dtype("auto", gpu) is dtype
+    assert set(runtime.AMP_MODES) == {"auto", *expected}
+    with pytest.raises(ConfigError, match="amp='fp8' is not one of auto, bf16, fp16, off"):
+        runtime.resolve_amp_dtype("fp8", cpu)
+
+
+def test_every_listed_device_resolves(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    resolved = {name: runtime.resolve_device(name).type for name in runtime.DEVICES}
+    assert resolved == {"auto": "cuda", "cpu": "cpu", "cuda": "cuda"}

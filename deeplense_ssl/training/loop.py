@@ -57,7 +57,7 @@ from ..methods import Method, get_method
 from ..optim import build_optimizer, warmup_cosine
 from ..plots import plot_loss_curve
 from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, METRICS_FILE, write_run_config
-from ..runtime import resolve_device, seed_everything
+from ..runtime import resolve_amp_dtype, resolve_device, seed_everything
 from .data import (
     IN_MEMORY_DATA,
     epoch_permutation,
@@ -74,7 +74,7 @@ from .monitoring import (
     monitor_indices,
 )
 from .resume import check_resolved, check_resume, method_state
-from .step import amp_dtype, training_step
+from .step import training_step
 
 OnStep = Callable[[int, dict[str, Any]], None]
 
@@ -197,7 +197,7 @@ def make_plan(
     stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     lr = cfg.lr if cfg.lr is not None else cfg.base_lr * global_batch / 256
-    amp = amp_dtype(cfg.amp, info.device)
+    amp = resolve_amp_dtype(cfg.amp, info.device)
     resolved = {
         "world_size": info.world_size,
         "global_batch_size": global_batch,

@@ -1,4 +1,5 @@
-"""One optimisation step of any :class:`~deeplense_ssl.methods.Method`, and mixed precision."""
+"""One optimisation step of any :class:`~deeplense_ssl.methods.Method` (mixed precision: the
+autocast dtype comes from ``runtime.resolve_amp_dtype``)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from ..methods import Method
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``amp`` (``auto`` / ``bf16`` / ``fp16`` / ``off``) on ``device``.
-
-    ``auto``: bf16 on a GPU that has it natively (Ampere and later), fp16 with loss scaling on
-    older GPUs (bf16 would be emulated there, slowly), full precision on the CPU.
-    """
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if native_bf16 else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
 def to_channels_last(inputs: Any) -> Any:

@@ -1,9 +1,10 @@
-"""One training step: precision choice, channels-last inputs."""
+"""One training step: precision choice (runtime.resolve_amp_dtype), channels-last inputs."""
 
 import pytest
 import torch
 
-from deeplense_ssl.training.step import amp_dtype, to_channels_last
+from deeplense_ssl.runtime import resolve_amp_dtype
+from deeplense_ssl.training.step import to_channels_last
 
 
 @pytest.mark.parametrize(
@@ -20,7 +21,7 @@ def test_amp_auto_picks_native_precision(monkeypatch, amp, device, native_bf16, 
     monkeypatch.setattr(
         torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16
     )
-    assert amp_dtype(amp, torch.device(device)) == expected
+    assert resolve_amp_dtype(amp, torch.device(device)) == expected
 
 
 def test_to_channels_last_maps_over_view_lists():

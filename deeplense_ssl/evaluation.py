@@ -324,19 +324,33 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
     metrics["examples_file"] = examples_file.name
     metrics["config"] = config_to_dict(cfg)
     metrics["metrics_file"] = str(out)
+    _write_scores(scores_file, probs_all, emb, labels, sources_all, is_ood, class_names)
+    _write_examples(examples_file, images[keep], sources_all[keep], labels, emb, class_names, cfg)
+    write_json(out, metrics, indent=1)
+    return metrics
+
+
+def _write_scores(
+    path: Path,
+    probs_all: np.ndarray,
+    emb: np.ndarray,
+    labels: np.ndarray,
+    sources_all: np.ndarray,
+    is_ood: np.ndarray,
+    class_names: list[str],
+) -> None:
+    """``scores.npz``: per-image probabilities, labels, sources and embeddings of the
+    in-distribution test images (``emb``, ``labels``), and the scores of the OOD ones."""
     _save_npz(
-        scores_file,
-        probs=probs.astype(np.float32),
+        path,
+        probs=probs_all[~is_ood].astype(np.float32),
         labels=labels.astype(np.int64),
-        sources=sources_all[keep],
+        sources=sources_all[~is_ood],
         embeddings=emb.astype(np.float32),
         class_names=np.asarray(class_names, dtype=str),
         ood_probs=probs_all[is_ood].astype(np.float32),
         ood_sources=sources_all[is_ood],
     )
-    _write_examples(examples_file, images[keep], sources_all[keep], labels, emb, class_names, cfg)
-    write_json(out, metrics, indent=1)
-    return metrics
 
 
 def _write_examples(

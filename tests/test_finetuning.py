@@ -13,7 +13,7 @@ from deeplense_ssl.checkpoint import load_state_dict_file
 from deeplense_ssl.config import FinetuneConfig, config_from_sources
 from deeplense_ssl.datasets import load_dataset, stratified_split
 from deeplense_ssl.errors import CheckpointError, ConfigError, DataError
-from deeplense_ssl.finetune import _fold_standardisation, finetune
+from deeplense_ssl.finetuning import _fold_standardisation, finetune
 from deeplense_ssl.heads import LinearHead, MLPHead
 from deeplense_ssl.inference import load_finetuned
 from deeplense_ssl.runs import MODEL_FILE

@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 
 from deeplense_ssl.config import EvaluateConfig, config_from_sources
 from deeplense_ssl.errors import CheckpointError, DataError
-from deeplense_ssl.evaluate import evaluate
+from deeplense_ssl.evaluation import evaluate
 from deeplense_ssl.io import write_hdf5
 from deeplense_ssl.metrics import knn_predict
 
