@@ -60,12 +60,20 @@ VARIANTS: dict[str, dict] = {
     "vicreg-exact": {"method": "vicreg", "augment": "lensing-exact"},
     "simclr-small": {"method": "simclr", "stem": "small"},
     "vicreg-small": {"method": "vicreg", "stem": "small"},
+    # simulation-informed positives: the second view renders the same scene, other source
+    "simclr-paired": {"method": "simclr", "paired": True},
+    "vicreg-paired": {"method": "vicreg", "paired": True},
+    "byol-paired": {"method": "byol", "paired": True},
+    "simclr-exact-paired": {"method": "simclr", "augment": "lensing-exact", "paired": True},
+    "vicreg-exact-paired": {"method": "vicreg", "augment": "lensing-exact", "paired": True},
 }
 """Named config overrides of the pretraining (``random``: no pretraining)."""
 
 
-def simulate(path: Path, model: str, n_per_class: int, seed: int, size: int | None) -> Path:
-    """Simulate once (cached by file name)."""
+def simulate(
+    path: Path, model: str, n_per_class: int, seed: int, size: int | None, variant: int = 0
+) -> Path:
+    """Simulate once (cached by file name); ``variant`` > 0: the same scenes, other source."""
     if not path.exists():
         cfg = SimulateConfig(
             out=str(path),
@@ -74,6 +82,7 @@ def simulate(path: Path, model: str, n_per_class: int, seed: int, size: int | No
             seed=seed,
             image_size=size,
             workers=2,
+            source_variant=variant,
         )
         cfg.validate()
         simulate_dataset(cfg)
@@ -115,6 +124,16 @@ def pretrained_backbone(name: str, args: argparse.Namespace, unlabelled: Path) -
         torch.manual_seed(args.seed)
         return build_backbone("resnet18", in_chans=1, stem=args.stem).eval()
     overrides = {"stem": args.stem, **VARIANTS[name]}
+    if overrides.pop("paired", False):
+        overrides["paired_data"] = str(unlabelled.with_name(unlabelled.stem + "-v1.h5"))
+        simulate(
+            Path(overrides["paired_data"]),
+            args.model,
+            args.n_unlabelled_per_class,
+            100 + args.seed,
+            args.image_size,
+            variant=1,
+        )
     cfg = PretrainConfig(
         data=str(unlabelled),
         out=str(Path(args.work_dir) / f"{name}-s{args.seed}"),

@@ -40,6 +40,14 @@ C = SimulateConfig
     "noise",
     help="Add the model's noise (Poisson counts for model_i, CCD noise for model_ii/iii).",
 )
+@field_option(
+    C,
+    "source_variant",
+    help="0: the scenes as drawn. K > 0: the SAME scenes (lens, substructure, exposure) with "
+    "the source centre redrawn and fresh noise: with the same --model, --seed and "
+    "--n-per-class, row i renders the scene of row i of the variant-0 file (paired positives "
+    "for `pretrain --paired-data`).",
+)
 @config_option
 def command(config_path: str | None, **params) -> None:
     """Simulate a DeepLense-like dataset (needs the `sim` extra: lenstronomy)."""

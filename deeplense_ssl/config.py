@@ -273,6 +273,8 @@ class SimulateConfig:
     # None: the model's native size (150 for model_i, 64 otherwise)
     image_size: int | None = _field(None, gt=0)
     noise: bool = True
+    # k > 0: the same scenes with the source centre redrawn and fresh noise (paired positives)
+    source_variant: int = _field(0, ge=0)
 
     def validate(self) -> None:
         """Check the fields (:func:`check_fields`)."""

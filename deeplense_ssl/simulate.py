@@ -36,7 +36,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -567,9 +567,20 @@ def image_seed_sequence(seed: int, index: int) -> np.random.SeedSequence:
 
 
 def simulate_one(
-    renderer: Renderer, index: int, seed: int, noise: bool = True
+    renderer: Renderer, index: int, seed: int, noise: bool = True, source_variant: int = 0
 ) -> tuple[np.ndarray, int, Scene]:
     """Simulate image ``index`` of a run with ``seed``.
+
+    Args:
+        renderer: the model's renderer.
+        index: image index in the run (its label is ``index % 3``).
+        seed: run seed.
+        noise: add the model's noise.
+        source_variant: 0 renders the scene as drawn. ``k > 0`` renders the SAME lens,
+            subhalos / vortex and exposure with the source centre redrawn and fresh noise, from
+            a stream of its own (:func:`resample_source`): row ``i`` of a file simulated with
+            ``--source-variant k`` is another view of the scene of row ``i`` of the file with
+            the same model, seed and counts (simulation-informed positives).
 
     Returns:
         The (H, W) float32 image in the model's unit, its label (``index % 3``) and its Scene.
@@ -577,10 +588,21 @@ def simulate_one(
     label = index % len(CLASS_NAMES)
     scene_seq, noise_seq = image_seed_sequence(seed, index).spawn(2)
     scene = draw_scene(renderer.model, label, np.random.default_rng(scene_seq))
+    if source_variant:
+        variant_seq = np.random.SeedSequence(int(seed), spawn_key=(int(index), 1 + source_variant))
+        source_seq, noise_seq = variant_seq.spawn(2)
+        scene = resample_source(scene, np.random.default_rng(source_seq))
     flux = renderer.noiseless(scene)
     rng = np.random.default_rng(noise_seq) if noise else None
     image = observe(renderer.model, flux, scene.exposure_time_s, rng)
     return image.astype(np.float32), label, scene
+
+
+def resample_source(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The same scene with the source centre redrawn (uniform in +-``SOURCE_CENTER_MAX``), the
+    only source parameter DeepLense varies; lens, substructure and exposure are kept."""
+    cx, cy = rng.uniform(-SOURCE_CENTER_MAX_ARCSEC, SOURCE_CENTER_MAX_ARCSEC, size=2)
+    return replace(scene, source_x_arcsec=float(cx), source_y_arcsec=float(cy))
 
 
 MAX_IMAGE_SIZE_PX = 2048  # over 13x the largest native size; rendering cost grows as size**2
@@ -626,6 +648,7 @@ def simulate_arrays(
     noise: bool = True,
     workers: int = 1,
     progress: bool = False,
+    source_variant: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Simulate ``3 * n_per_class`` images in memory.
 
@@ -638,6 +661,8 @@ def simulate_arrays(
         noise: add the model's noise (False: noiseless images in the same unit).
         workers: processes to use (1: in this process; at most one per CPU core is started).
         progress: show a tqdm progress bar on stderr.
+        source_variant: 0, or ``k > 0`` for the same scenes with another source centre and
+            noise (see :func:`simulate_one`).
 
     Returns:
         images (N, 1, H, W) float32 in the model's unit (see :data:`INSTRUMENTS`), labels (N,)
@@ -661,7 +686,7 @@ def simulate_arrays(
     images = np.empty((n, 1, size, size), np.float32)
     labels = np.empty(n, np.int64)
     scenes: list[Scene] = [None] * n  # type: ignore[list-item]
-    blocks = _simulate_blocks(model, n, size, seed, noise, workers, progress)
+    blocks = _simulate_blocks(model, n, size, seed, (noise, source_variant), workers, progress)
     for start, block, block_labels, block_scenes in blocks:
         stop = start + len(block)
         images[start:stop] = block
@@ -692,7 +717,8 @@ def simulate_dataset(cfg: SimulateConfig) -> Path:
     require_disk_space(cfg.out, n * (4 * size * size + PARAM_BYTES_PER_IMAGE + 128) + (1 << 20))
     _warn_if_ring_cropped(cfg.model, size)
     attrs = {"provenance": provenance(cfg), "image_unit": INSTRUMENTS[cfg.model].image_unit}
-    blocks = _simulate_blocks(cfg.model, n, size, cfg.seed, cfg.noise, cfg.workers, True)
+    render = (cfg.noise, cfg.source_variant)
+    blocks = _simulate_blocks(cfg.model, n, size, cfg.seed, render, cfg.workers, True)
     # closing(): on any error the progress bar and the worker pool end before the message
     with (
         HDF5Writer(cfg.out, n, (1, size, size), CLASS_NAMES, attrs=attrs) as writer,
@@ -716,13 +742,19 @@ def _warn_if_ring_cropped(model: str, size: int) -> None:
 
 
 def _simulate_blocks(
-    model: str, n: int, size: int, seed: int, noise: bool, workers: int, progress: bool
+    model: str,
+    n: int,
+    size: int,
+    seed: int,
+    render: tuple[bool, int],
+    workers: int,
+    progress: bool,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[Scene]]]:
     """Yield ``(start, images (B, 1, H, W) float32, labels (B,), scenes)`` in image order."""
     workers = min(workers, _cpu_count())
     bar = _progress_bar(n, model, progress)
     try:
-        for start, chunk in _run_chunks(model, size, seed, noise, n, workers):
+        for start, chunk in _run_chunks(model, size, seed, render, n, workers):
             images = np.stack([image for image, _, _ in chunk])[:, None]
             labels = np.array([label for _, label, _ in chunk], np.int64)
             yield start, images, labels, [scene for _, _, scene in chunk]
@@ -820,23 +852,24 @@ def _worker_init(model: str, size: int) -> None:
     _WORKER_RENDERER = Renderer(model, size)
 
 
-def _worker_chunk(args: tuple[int, int, int, bool]) -> tuple[int, list]:
-    start, stop, seed, noise = args
+def _worker_chunk(args: tuple[int, int, int, tuple[bool, int]]) -> tuple[int, list]:
+    start, stop, seed, (noise, variant) = args
     assert _WORKER_RENDERER is not None
-    return start, [simulate_one(_WORKER_RENDERER, i, seed, noise) for i in range(start, stop)]
+    renderer = _WORKER_RENDERER
+    return start, [simulate_one(renderer, i, seed, noise, variant) for i in range(start, stop)]
 
 
 def _run_chunks(
     model: str,
     size: int,
     seed: int,
-    noise: bool,
+    render: tuple[bool, int],
     n: int,
     workers: int,
 ) -> Iterator[tuple[int, list]]:
     step = _chunk_size(n, workers)
     n_tasks = math.ceil(n / step)
-    tasks = ((a, min(n, a + step), seed, noise) for a in range(0, n, step))  # lazy: any n
+    tasks = ((a, min(n, a + step), seed, render) for a in range(0, n, step))  # lazy: any n
     _worker_init(model, size)  # imports lenstronomy once here; forked workers inherit it
     if workers == 1 or n_tasks == 1:
         for task in tasks:

@@ -392,3 +392,19 @@ def test_small_images_warn_that_the_ring_is_cropped():
     assert sim.min_full_ring_size_px("model_i") <= 150
     with pytest.warns(UserWarning, match="crops the Einstein ring"):
         sim.simulate_arrays("model_ii", 1, image_size=16, noise=False)
+
+
+def test_source_variant_keeps_the_scene_and_moves_only_the_source():
+    simulate_arrays = sim.simulate_arrays
+    a_img, a_lab, a = simulate_arrays("model_ii", 2, seed=5, image_size=32)
+    b_img, b_lab, b = simulate_arrays("model_ii", 2, seed=5, image_size=32, source_variant=1)
+    c_img, _, c = simulate_arrays("model_ii", 2, seed=5, image_size=32, source_variant=2)
+    assert np.array_equal(a_lab, b_lab)
+    for key in a:  # every physical parameter but the source centre is shared
+        if key.startswith("source_"):
+            assert not np.allclose(a[key], b[key]) and not np.allclose(b[key], c[key])
+        else:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert not np.allclose(a_img, b_img) and not np.allclose(b_img, c_img)
+    again, _, _ = simulate_arrays("model_ii", 2, seed=5, image_size=32, source_variant=1, workers=2)
+    np.testing.assert_array_equal(again, b_img)  # deterministic for any number of workers
