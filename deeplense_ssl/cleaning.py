@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .errors import ConfigError, DataError
 from .io import require_memory
@@ -349,8 +351,6 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 
     Uses ``torch.nn.functional.interpolate`` with ``align_corners=False``.
     """
-    import torch
-    import torch.nn.functional as F  # noqa: N812
 
     n, c = images.shape[:2]
     require_memory(

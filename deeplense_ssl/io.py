@@ -40,10 +40,20 @@ attrs              ``class_names`` (JSON list), ``format``, ``deeplense_ssl_vers
 
 ``images`` is chunked one image per chunk, uncompressed: measured fastest for random access of
 single images (``benchmarks/loader_speed.py``).
+
+Hostile or damaged files: every size a header declares (``.npy``, ``.npz`` members, FITS
+``NAXISn``, HDF5 shapes) is checked, with Python integers, against the bytes the file can hold
+and against the available memory (:func:`require_memory`) before anything is allocated;
+malformed files of our own layout are a :class:`~deeplense_ssl.errors.DataError` naming the
+file and the key. Every output goes through :func:`atomic_output`: a full or read-only disk is
+an :class:`~deeplense_ssl.errors.OutputError` naming the target (never the temporary file),
+the HDF5 writer checks the free space first (:func:`require_disk_space`), and temporaries left
+by a killed run are removed on the next write of the same target.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import errno
@@ -69,7 +79,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
 from . import __version__
 from .errors import DataError, DeepLenseError, OutputError
@@ -565,8 +583,6 @@ class HDF5Writer:
         self.chunk_images = max(1, min(self.chunk_images, HDF5_MAX_CHUNK_BYTES // self.image_bytes))
 
     def __enter__(self) -> HDF5Writer:
-        import h5py
-
         self._check_shape()
         if self.path.is_dir():
             raise DataError("is a folder; give a file name such as data.h5 for --out.", self.path)
@@ -1464,10 +1480,11 @@ def _read_npy_bytes(path: Path, *, allow_pickle: bool) -> tuple[np.ndarray, dict
     ``(2**32, 2**32)``) is a clear error, never an overflow or a huge allocation.
     """
     try:
-        size = path.stat().st_size
-        if size > 1 << 30:
-            require_memory(size, "reading this file", path=path)
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > 1 << 30:  # one image per file: a huge file is most likely a mistake
+                require_memory(size, "reading this file", path=path)
+            data = fh.read()
     except OSError as exc:
         raise DataError(f"cannot read file ({exc.strerror}).", path) from exc
     if data[:6] != b"\x93NUMPY" or len(data) < 10:
@@ -1684,8 +1701,6 @@ def _pick_key(
 
 
 def _open_hdf5(path: Path, images_key: Any, labels_key: Any, class_names: Any) -> Source:
-    import h5py
-
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -1706,8 +1721,6 @@ def _open_hdf5(path: Path, images_key: Any, labels_key: Any, class_names: Any) -
 
 def _hdf5_source(f: Any, path: Path, images_key: Any, labels_key: Any, class_names: Any) -> Source:
     """Validate an open HDF5 file (every name, shape and dtype) and wrap it as a source."""
-    import h5py
-
     datasets: dict[str, Any] = {}
 
     def collect(name: str, obj: Any) -> None:  # visititems stops at a non-None return
@@ -1845,8 +1858,6 @@ def _hdf5_nan_counts(ds: Any, n: int, ours: bool, path: Path) -> np.ndarray | No
 
 
 def _hdf5_params(f: Any, n: int, path: Path) -> dict[str, Any]:
-    import h5py
-
     group = f.get("params")
     if not isinstance(group, h5py.Group):
         return {}
@@ -1875,9 +1886,6 @@ def _attr(value: Any) -> Any:
 
 
 def _read_fits(path: Path) -> np.ndarray:
-    from astropy.io import fits
-    from astropy.utils.exceptions import AstropyUserWarning
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)  # we raise our own error
@@ -1908,8 +1916,6 @@ GZIP_MAX_RATIO = 1032  # deflate cannot expand a byte into more than about 1032 
 def _check_fits_size(hdu: Any, path: Path) -> None:
     """Refuse an image HDU whose header declares more data than the file can hold or than
     the memory available, before astropy allocates it (NAXIS1 = NAXIS2 = 10**6: 3.6 TiB)."""
-    from astropy.io import fits
-
     header = hdu.header
     axes = [int(header[f"NAXIS{i}"]) for i in range(1, int(header["NAXIS"]) + 1)]
     if min(axes) < 0:
@@ -1954,14 +1960,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in _CIFAR_ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if module == "_codecs":
-            import codecs
-
             return codecs.encode
         if name == "_reconstruct":
-            try:
-                from numpy._core.multiarray import _reconstruct
-            except ImportError:  # numpy < 2
-                from numpy.core.multiarray import _reconstruct
             return _reconstruct
         return getattr(np, name)
 

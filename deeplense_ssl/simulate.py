@@ -42,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from astropy import constants as const
+from astropy import units as u
+from astropy.cosmology import FlatLambdaCDM
+from tqdm.auto import tqdm
 
 from .config import SimulateConfig
 from .errors import ConfigError, MissingDependencyError
@@ -203,8 +207,6 @@ def angular_diameter_distances_mpc(z_lens: float, z_source: float) -> tuple[floa
 
 @lru_cache(maxsize=8)
 def _distances(z_lens: float, z_source: float) -> tuple[float, float, float]:
-    from astropy.cosmology import FlatLambdaCDM
-
     cosmo = FlatLambdaCDM(H0=COSMOLOGY["H0_km_s_mpc"], Om0=COSMOLOGY["Om0"], Ob0=COSMOLOGY["Ob0"])
     d_l = cosmo.angular_diameter_distance(z_lens).value
     d_s = cosmo.angular_diameter_distance(z_source).value
@@ -238,8 +240,6 @@ def einstein_radius_arcsec(
 @lru_cache(maxsize=1)
 def _four_g_over_c2_mpc_per_msun() -> float:
     """4 G M_sun / c^2 in Mpc (astropy constants; cached: astropy quantities are slow)."""
-    from astropy import constants as const
-    from astropy import units as u
 
     return float((4 * const.G * const.M_sun / const.c**2).to(u.Mpc).value)
 
@@ -883,8 +883,6 @@ def _run_chunks(
 
 
 def _progress_bar(n: int, model: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=n, desc=f"simulate {model}", unit="img", disable=not enabled, leave=False)
 
 

@@ -1,16 +1,22 @@
 """Self-supervised methods, one file per family, each a registered :class:`Method`.
 
-``METHOD_NAMES`` is the one list of ``--method`` choices; the config and the CLI read it.
+Every module of this package is imported here, so a new method is one new file (a
+:class:`Method` subclass decorated with :func:`register`) plus its test. ``METHOD_NAMES`` is the
+one list of ``--method`` choices; the config and the CLI read it.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Sequence
 
 from torch import nn
 
-from . import contrastive, decorrelation, dino, pretext, siamese  # noqa: F401  (registers)
 from .base import Method, MethodSettings, get_method, method_names, register
+
+for _module in pkgutil.iter_modules(__path__):  # every file of this package registers its methods
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 METHOD_NAMES: tuple[str, ...] = method_names()
 """Every registered method name, in the order the README lists them."""
