@@ -823,8 +823,10 @@ class ViewAugmenter(nn.Module):
                 sig = sigma_levels(idx, p.blur_levels_px)
                 max_sig = max(p.blur_levels_px)
             else:
-                sig = _uniform(n, *p.blur_sigma_px, gen, dev)
-                max_sig = p.blur_sigma_px[1]
+                assert p.blur_sigma_px is not None  # this branch: blur_levels_px is None
+                lo, hi = p.blur_sigma_px
+                sig = _uniform(n, lo, hi, gen, dev)
+                max_sig = hi
             sig = torch.where(_bernoulli(n, p.blur_p, gen, dev), sig, 0.0)
             out = gaussian_blur(out, sig, max_sigma_px=max_sig)
         if p.noise_std is not None:

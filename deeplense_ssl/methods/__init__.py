@@ -11,8 +11,7 @@ import importlib
 import pkgutil
 from collections.abc import Sequence
 
-from torch import nn
-
+from ..transforms import ViewAugmenter
 from .base import Method, MethodSettings, get_method, method_names, register
 
 for _module in pkgutil.iter_modules(__path__):  # every file of this package registers its methods
@@ -30,7 +29,7 @@ def build_view_transform(
     augment: str = "lensing",
     blur_sigmas_px: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
     noise_std: float = 0.1,
-) -> nn.Module:
+) -> ViewAugmenter:
     """The per-view augmentation of ``method`` (see each method's ``view_transform``).
 
     Raises:

@@ -31,21 +31,50 @@ from ..transforms import ViewAugmenter
 class MethodSettings(Protocol):
     """The pretraining settings a method may read (``PretrainConfig`` provides them all)."""
 
-    method: str
-    temperature: float
-    n_views: int
-    proj_hidden_dim: int
-    proj_out_dim: int
-    proj_layers: int
-    augment: str
-    blur_sigmas_px: Sequence[float]
-    noise_std: float
-    paired_data: str | None
-    ema_momentum: float | None
-    n_local_views: int
-    local_view_size: int | None
-    dino_out_dim: int
-    teacher_temperature: float
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def n_views(self) -> int: ...
+
+    @property
+    def proj_hidden_dim(self) -> int: ...
+
+    @property
+    def proj_out_dim(self) -> int: ...
+
+    @property
+    def proj_layers(self) -> int: ...
+
+    @property
+    def augment(self) -> str: ...
+
+    @property
+    def blur_sigmas_px(self) -> Sequence[float]: ...
+
+    @property
+    def noise_std(self) -> float: ...
+
+    @property
+    def paired_data(self) -> str | None: ...
+
+    @property
+    def ema_momentum(self) -> float | None: ...
+
+    @property
+    def n_local_views(self) -> int: ...
+
+    @property
+    def local_view_size(self) -> int | None: ...
+
+    @property
+    def dino_out_dim(self) -> int: ...
+
+    @property
+    def teacher_temperature(self) -> float: ...
 
 
 class Method(nn.Module):
@@ -60,7 +89,9 @@ class Method(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""  # one line: what the network learns (README, CLI help)
+    summary: ClassVar[str] = ""
+    backbone: nn.Module
+    transform: ViewAugmenter  # one line: what the network learns (README, CLI help)
     supports_pairs: ClassVar[bool] = False  # can take its two views from paired renderings
 
     def __init__(
@@ -73,7 +104,7 @@ class Method(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.feature_dim = int(backbone.feature_dim)
+        self.feature_dim = int(getattr(backbone, "feature_dim"))  # noqa: B009 (a Module attr)
         self.transform = self.view_transform(
             in_chans,
             image_size,
@@ -107,7 +138,7 @@ class Method(nn.Module):
         augment: str = "lensing",
         blur_sigmas_px: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
         noise_std: float = 0.1,
-    ) -> nn.Module:
+    ) -> ViewAugmenter:
         """The per-view augmentation ``(B, C, H, W) -> (B, C, S, S)`` of this method.
 
         Default: the ``augment`` preset of :mod:`deeplense_ssl.transforms` (``lensing``:

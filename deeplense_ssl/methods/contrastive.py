@@ -32,6 +32,7 @@ class _Contrastive(Method):
     """NT-Xent between ``n_views`` views of each image; subclasses choose the views."""
 
     supports_pairs = True
+    head: nn.Module
 
     def __init__(
         self,

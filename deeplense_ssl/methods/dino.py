@@ -87,6 +87,7 @@ class DINO(Method):
 
     name = "dino"
     supports_pairs = True
+    steps_done: Tensor
     summary = (
         "self-distillation from a momentum teacher, centred and sharpened, 2 global + "
         "--n-local-views native-scale local views (DINO)"

@@ -22,6 +22,8 @@ from .base import Method, MethodSettings, register
 class _Classification(Method):
     """Cross entropy on labels generated from the batch (subclasses make them)."""
 
+    head: nn.Module
+
     def make_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C, H, W)`` -> ``(inputs (M, C, H, W), targets (M,) int64)``."""
         raise NotImplementedError

@@ -281,7 +281,7 @@ def build(
     if info.enabled and device.type == "cuda" and cfg.sync_batchnorm:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
-    method.to(device=device, memory_format=memory_format)
+    method.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
     optimizer = build_optimizer(
         cfg.optimizer, method, plan.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
     )
@@ -443,7 +443,7 @@ def _log_step(s: Session, w: _Window, epoch: int, lr_used: float) -> dict[str, A
 def _monitors(s: Session, epoch: int) -> dict[str, Any]:
     """kNN accuracy and collapse measures of the exported backbone (rank 0, eval mode)."""
     backbone, device = s.method.export_backbone(), s.info.device
-    kw = {"batch_size": 2 * s.cfg.batch_size, "channels_last": s.cfg.channels_last}
+    kw: dict[str, Any] = {"batch_size": 2 * s.cfg.batch_size, "channels_last": s.cfg.channels_last}
     out: dict[str, Any] = {}
     if s.val_data is not None and s.bank_idx is not None:
         train_labels = s.labels[s.plan.train_idx]

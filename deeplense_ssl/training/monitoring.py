@@ -38,11 +38,12 @@ class MetricsLog:
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = "r+b" if path.exists() and truncate_to else "wb"
-        self._fh = open(path, mode)  # noqa: SIM115 (closed in close())
-        if mode == "r+b":
+        if path.exists() and truncate_to:
+            self._fh = open(path, "r+b")  # noqa: SIM115 (closed in close())
             self._fh.truncate(truncate_to)
             self._fh.seek(truncate_to)
+        else:
+            self._fh = open(path, "wb")  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one JSON line (flushed)."""
