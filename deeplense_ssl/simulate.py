@@ -914,3 +914,57 @@ def _params_from_scenes(scenes: Iterable[Scene]) -> dict[str, np.ndarray]:
         "vortex_mass_msun": column("vortex_mass_msun"),
         "exposure_time_s": column("exposure_time_s"),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Where the substructure is: masks for the attribution localisation score
+# --------------------------------------------------------------------------------------------
+
+
+def pixel_coordinates_arcsec(size: int, pixel_scale_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` arcsec of every pixel centre of a ``size``-pixel image, each ``(size, size)``:
+    ``x`` grows with the column and ``y`` with the row, (0, 0) at the image centre (the frame of
+    :class:`Scene` and of lenstronomy's grid here)."""
+    axis = (np.arange(size) - (size - 1) / 2.0) * pixel_scale_arcsec
+    x, y = np.meshgrid(axis, axis, indexing="xy")
+    return x, y
+
+
+def substructure_mask(
+    params: dict[str, Any], size: int, pixel_scale_arcsec: float, radius_arcsec: float
+) -> np.ndarray | None:
+    """Pixels within ``radius_arcsec`` of the substructure of one scene, ``(size, size)`` bool.
+
+    Args:
+        params: one image's entries of the simulated file's ``params`` (:data:`PARAM_UNITS`):
+            the subhalo positions (``cdm``) or the vortex angle and half-length (``axion``).
+        size: image side in pixels.
+        pixel_scale_arcsec: the model's pixel scale.
+        radius_arcsec: distance from a subhalo or from the vortex segment that counts as "at
+            the substructure" (e.g. a few PSF FWHM).
+
+    Returns:
+        The mask, or ``None`` for a scene without substructure (``no_sub``) or with no subhalo
+        inside the field.
+
+    Note: this is where the substructure *is*. Its effect on the image is where it deflects
+    light: near the ring. A subhalo far from the ring, or a short vortex (heavy axion) at the
+    centre, changes pixels away from its mask (the light is on the ring), so read the score of
+    such scenes with that in mind; long vortices cross the ring and are covered.
+    """
+    x, y = pixel_coordinates_arcsec(size, pixel_scale_arcsec)
+    sub_x = np.asarray(params.get("subhalo_x_arcsec", []), dtype=float).ravel()
+    sub_y = np.asarray(params.get("subhalo_y_arcsec", []), dtype=float).ravel()
+    keep = np.isfinite(sub_x) & np.isfinite(sub_y)
+    if keep.any():
+        d2 = (x[..., None] - sub_x[keep]) ** 2 + (y[..., None] - sub_y[keep]) ** 2
+        mask = (d2 <= radius_arcsec**2).any(-1)
+        return mask if mask.any() else None
+    angle = float(np.asarray(params.get("vortex_angle_rad", np.nan)))
+    half = float(np.asarray(params.get("vortex_half_length_arcsec", np.nan)))
+    if not (math.isfinite(angle) and math.isfinite(half)):
+        return None
+    # distance to the segment from -half to +half along (cos a, sin a) through the centre
+    along = np.clip(x * math.cos(angle) + y * math.sin(angle), -half, half)
+    d2 = (x - along * math.cos(angle)) ** 2 + (y - along * math.sin(angle)) ** 2
+    return d2 <= radius_arcsec**2

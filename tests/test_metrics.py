@@ -240,3 +240,21 @@ def test_ood_auroc_matches_sklearn():
     s = np.r_[p_in.max(1), p_ood.max(1)]
     assert got["auroc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
     assert got["n_in"] == 30 and got["n_ood"] == 20
+
+
+def test_attribution_localisation_analytic_cases():
+    from deeplense_ssl.metrics import attribution_localisation
+
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, :2, :2] = True  # a quarter of the image
+    on_target = attribution_localisation(masks.astype(float), masks)
+    assert on_target["fraction"] == 1.0 and on_target["random"] == 0.25
+    assert on_target["ratio"] == 4.0 and on_target["n"] == 2
+    uniform = attribution_localisation(-np.ones((2, 4, 4)), masks)  # signs do not matter
+    assert uniform["fraction"] == pytest.approx(0.25) and uniform["ratio"] == pytest.approx(1.0)
+    off = attribution_localisation((~masks).astype(float), masks)
+    assert off["fraction"] == 0.0
+    empty = attribution_localisation(np.zeros((1, 4, 4)), masks[:1])
+    assert empty["n"] == 0 and np.isnan(empty["ratio"])
+    with pytest.raises(ValueError, match="N, H, W"):
+        attribution_localisation(np.zeros((4, 4)), masks[0])
