@@ -66,6 +66,11 @@ VARIANTS: dict[str, dict] = {
     "byol-paired": {"method": "byol", "paired": True},
     "simclr-exact-paired": {"method": "simclr", "augment": "lensing-exact", "paired": True},
     "vicreg-exact-paired": {"method": "vicreg", "augment": "lensing-exact", "paired": True},
+    "contrastive-blur-paired": {"method": "contrastive-blur", "paired": True},
+    "vicreg-psf": {"method": "vicreg", "augment": "psf-noise"},
+    "byol-psf": {"method": "byol", "augment": "psf-noise"},
+    "barlow-twins-psf": {"method": "barlow-twins", "augment": "psf-noise"},
+    "vicreg-psf-paired": {"method": "vicreg", "augment": "psf-noise", "paired": True},
 }
 """Named config overrides of the pretraining (``random``: no pretraining)."""
 

@@ -51,15 +51,27 @@ C = FinetuneConfig
 @field_option(
     C,
     "label_fraction",
-    help="Fraction of the training labels used (stratified, seeded, >= 1 per class).",
+    help="Fraction of the labels the run sees in total, validation included (stratified, "
+    "seeded, >= 1 per class).",
 )
 @field_option(
     C,
     "val_fraction",
-    help="Fraction of the data held out for model selection (stratified, seeded).",
+    help="Fraction of each class's labelled images kept for model selection (stratified, "
+    "seeded); 0: fixed schedule, last epoch kept.",
+)
+@field_option(
+    C,
+    "min_val_per_class",
+    help="Fewer validation images than this in a class: no validation split, fixed schedule.",
 )
 @field_option(C, "out", type=click.Path(file_okay=False))
 @field_option(C, "epochs")
+@field_option(
+    C,
+    "min_steps",
+    help="Train at least this many optimiser steps (more epochs at few labels); 0: just --epochs.",
+)
 @field_option(C, "batch_size")
 @field_option(C, "lr", help="Head learning rate (default 1e-3, AdamW).")
 @field_option(C, "backbone_lr_scale", help="--head full: backbone learning rate = lr x this.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from deeplense_ssl.config import SimulateConfig, config_from_sources
+from deeplense_ssl.simulate import MAX_IMAGE_SIZE_PX
 
 from .options import config_option, explicit_params, field_option, seed_option
 
@@ -32,8 +33,8 @@ C = SimulateConfig
 @field_option(
     C,
     "image_size",
-    help="Pixels per side at the model's own pixel scale (a wider or narrower field of view). "
-    "Default: 150 for model_i, 64 otherwise.",
+    help="Pixels per side at the model's own pixel scale (a wider or narrower field of view), "
+    f"4 to {MAX_IMAGE_SIZE_PX}. Default: 150 for model_i, 64 otherwise.",
 )
 @field_option(
     C,

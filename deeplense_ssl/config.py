@@ -322,9 +322,10 @@ class PretrainConfig(DataOptions):
     # stop after this many optimiser steps (tests, smoke runs)
     max_steps: int | None = _field(None, gt=0)
     batch_size: int = _field(128, gt=0)
-    optimizer: str = _field("sgd", choices=OPTIMIZERS)
+    # None: the method's default (Method.default_optimizer / default_base_lr)
+    optimizer: str | None = _field(None, choices=OPTIMIZERS)
     lr: float | None = _field(None, gt=0)  # None: base_lr * batch_size / 256
-    base_lr: float = _field(0.3, gt=0)
+    base_lr: float | None = _field(None, gt=0)
     weight_decay: float = _field(1e-6, ge=0)
     momentum: float = _field(0.9, ge=0, lt=1)
     warmup_epochs: float = _field(1.0, ge=0)
@@ -363,6 +364,7 @@ class PretrainConfig(DataOptions):
         check_fields(self)
         if not self.data:
             raise ConfigError("pretrain needs --data.")
+        get_method(self.method).fill_defaults(self)
         get_method(self.method).validate(self)
         get_method(self.method).check_pairs(self)
 
@@ -379,9 +381,16 @@ class FinetuneConfig(DataOptions):
     init: str = _field("pretrained", choices=INITS)
     backbone: str = _field("resnet18", choices=BACKBONE_NAMES)  # only without a checkpoint
     stem: str = _field("imagenet", choices=STEMS)
+    # fraction of the data's labels the run sees in total (training + validation)
     label_fraction: float = _field(1.0, gt=0, le=1)
-    val_fraction: float = _field(0.15, gt=0, lt=1)
+    # fraction of each class's *labelled* images kept for model selection; 0: fixed schedule
+    val_fraction: float = _field(0.15, ge=0, lt=1)
+    # fewer validation images than this in any class: no validation split, fixed schedule
+    min_val_per_class: int = _field(5, ge=1)
     epochs: int = _field(30, gt=0)
+    # at least this many optimiser steps (epochs are raised until reached), so that few labels
+    # do not mean a few steps; 0: exactly `epochs`
+    min_steps: int = _field(300, ge=0)
     batch_size: int = _field(128, gt=0)
     lr: float | None = _field(None, gt=0)  # None: a head-dependent default
     backbone_lr_scale: float = _field(0.1, ge=0)  # full fine-tune: backbone lr = lr * this

@@ -114,10 +114,26 @@ class ImageSet:
         return stats
 
     def apply_normalization(self, stats: NormStats) -> None:
-        """Apply given ``zscore-dataset`` statistics (e.g. stored with a model) in place."""
+        """Apply given ``zscore-dataset`` statistics (e.g. stored with a model) in place.
+
+        Raises:
+            DataError: an image maps beyond the float32 range, naming the source file and the
+                image's index in it.
+        """
+        path = self.meta.get("path")
         for start in range(0, len(self.images), 4096):
             block = self.images[start : start + 4096]
-            block[...] = normalize_images(block, "zscore-dataset", stats)
+            try:
+                block[...] = normalize_images(
+                    block, "zscore-dataset", stats, path=path, start=start
+                )
+            except DataError as exc:
+                if exc.index is None:
+                    raise
+                index = self.meta.get("source_index", np.arange(len(self)))[exc.index]
+                folder = self.meta.get("kind") in ("folder", "flat-folder") and path
+                file = Path(path) / self.sources[exc.index] if folder else None
+                raise _located(exc, path, index, file) from exc
         self.meta["norm_stats"] = stats.to_dict()
         self.meta["normalize_pending"] = False
 
@@ -217,8 +233,25 @@ def _clean_blocks(
         if scale != "none":
             # In place is safe: a block is read once from a source that is closed afterwards;
             # read-only memory maps are copied.
-            arr = normalize_images(arr, scale, stats, copy=not arr.flags.writeable)
+            copy = not arr.flags.writeable
+            try:
+                arr = normalize_images(arr, scale, stats, copy=copy, path=src.path, start=start)
+            except DataError as exc:
+                if exc.index is None:
+                    raise
+                index = start + int(kept[exc.index - start])
+                file = None if src.stacked else src.files[index]  # type: ignore[attr-defined]
+                raise _located(exc, src.path, index, file) from exc
         yield _Block(arr, start + kept, counts[kept], params, report)
+
+
+def _located(exc: DataError, path: Any, index: int, file: Any = None) -> DataError:
+    """``exc`` of ``normalize_images`` naming the image's own ``index`` in the source ``path``
+    (images dropped by the NaN policy shift the positions), or its ``file`` for a folder."""
+    message = str(exc).removeprefix(f"{exc.path} [image {exc.index}]: ")
+    if file is not None:
+        return DataError(message, file)
+    return DataError(message, path, int(index))
 
 
 _Cleaned = tuple[np.ndarray, np.ndarray, np.ndarray, NanReport]

@@ -48,6 +48,7 @@ class DemoPlan:
     pretrain_batch_size: int = 128
     finetune_epochs: int = 30
     scratch_epochs: int = 12
+    finetune_min_steps: int = 300  # every fine-tune takes at least this many optimiser steps
     label_fractions: tuple[float, ...] = (0.1, 1.0)
     backbone: str = "resnet18"
     stem: str = "imagenet"
@@ -63,6 +64,7 @@ def plan_for(device: str, quick: bool = False) -> DemoPlan:
             pretrain_batch_size=16,
             finetune_epochs=2,
             scratch_epochs=1,
+            finetune_min_steps=0,
             label_fractions=(0.5,),
         )
     if resolve_device(device).type == "cuda":
@@ -210,7 +212,12 @@ def run_demo(
     pre_dir = runs_dir / f"pretrain-{plan.method}"
     _pretrain(plan, train_h5, pre_dir, device, seed, progress, stage)
     base = FinetuneConfig(
-        data=str(train_h5), backbone=plan.backbone, stem=plan.stem, device=device, seed=seed
+        data=str(train_h5),
+        backbone=plan.backbone,
+        stem=plan.stem,
+        device=device,
+        seed=seed,
+        min_steps=plan.finetune_min_steps,
     )
     run_dirs = []
     for name, kw in finetune_variants(plan, pre_dir):

@@ -26,7 +26,6 @@ from .config import EvaluateConfig, config_to_dict
 from .datasets import load_dataset
 from .errors import CheckpointError, DataError
 from .inference import load_finetuned, predict
-from .io import atomic_output
 from .metrics import (
     bootstrap_ci,
     classification_metrics,
@@ -40,11 +39,16 @@ from .runs import (
     CONFIG_FILE,
     EVAL_METRICS_FILE,
     EVALUATE_KIND,
+    TRAIN_EMBEDDINGS_ARRAYS,
     TRAIN_EMBEDDINGS_FILE,
+    json_text,
+    npz_writer,
+    read_arrays,
     read_json,
     scores_path_for,
+    text_writer,
     to_jsonable,
-    write_json,
+    write_together,
 )
 from .runtime import resolve_device, seed_everything
 
@@ -165,12 +169,24 @@ def _knn_metrics(
     cfg: EvaluateConfig, run_dir: Path, emb: np.ndarray, labels: np.ndarray, n_classes: int
 ) -> dict[str, Any] | None:
     """Weighted kNN accuracy of the test embeddings against the run's labelled training
-    embeddings (None when the run has no ``train_embeddings.npz``)."""
+    embeddings (None when the run has no ``train_embeddings.npz``).
+
+    Raises:
+        CheckpointError: a damaged ``train_embeddings.npz`` or one not from this run.
+    """
     train_file = run_dir / TRAIN_EMBEDDINGS_FILE
     if not train_file.exists():
         return None
-    with np.load(train_file, allow_pickle=False) as z:
-        t_emb, t_lab = z["embeddings"], z["labels"]
+    z = read_arrays(
+        train_file, "labelled training embeddings", TRAIN_EMBEDDINGS_ARRAYS, n_classes=n_classes
+    )
+    t_emb, t_lab = z["embeddings"], z["labels"]
+    if len(t_emb) == 0 or t_emb.shape[1] != emb.shape[1]:
+        raise CheckpointError(
+            f"{train_file}: holds {t_emb.shape[0]} embedding(s) of width {t_emb.shape[1]}, but "
+            f"the model of {run_dir} embeds to width {emb.shape[1]}; the file is not from this "
+            "run: re-run `deeplense-ssl finetune`."
+        )
     knn_pred, _ = knn_predict(
         t_emb, t_lab, emb, cfg.knn_k, cfg.knn_temperature, num_classes=n_classes
     )
@@ -244,12 +260,6 @@ def _example_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
     return np.concatenate(picks) if picks else np.zeros(0, np.int64)
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-
-
 # --------------------------------------------------------------------------------------------
 # The evaluate command
 # --------------------------------------------------------------------------------------------
@@ -257,6 +267,10 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate a fine-tuned run on a test set and write ``metrics.json`` + ``scores.npz``.
+
+    The metrics file, ``scores.npz`` and ``examples.npz`` are published together, after every
+    number is computed (:func:`deeplense_ssl.runs.write_together`): a failed or killed
+    evaluation leaves the previous three files, or none, never a mix.
 
     The test images are read with the run's normalisation and image size (unless the config
     overrides them), classes are matched by name, images of ``cfg.ood_classes`` are scored as
@@ -273,7 +287,9 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
         ``<checkpoint>/metrics.json``); its ``"metrics_file"`` entry is that path.
 
     Raises:
-        CheckpointError: the run folder has no usable ``model.pt``.
+        CheckpointError: the run folder has no usable ``model.pt``, or a damaged
+            ``train_embeddings.npz``.
+        OutputError: an output file cannot be written (full disk, read-only folder).
         DataError: channel count / image size / classes do not match the model.
     """
     cfg.validate()
@@ -324,55 +340,55 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
     metrics["examples_file"] = examples_file.name
     metrics["config"] = config_to_dict(cfg)
     metrics["metrics_file"] = str(out)
-    _write_scores(scores_file, probs_all, emb, labels, sources_all, is_ood, class_names)
-    _write_examples(examples_file, images[keep], sources_all[keep], labels, emb, class_names, cfg)
-    write_json(out, metrics, indent=1)
+    scores = _scores_arrays(probs_all, emb, labels, sources_all, is_ood, class_names)
+    examples = _examples_arrays(images[keep], sources_all[keep], labels, emb, class_names, cfg)
+    write_together(  # published together, the metrics file last
+        (out, text_writer(json_text(metrics, indent=1))),
+        (scores_file, npz_writer(scores)),
+        (examples_file, npz_writer(examples)),
+    )
     return metrics
 
 
-def _write_scores(
-    path: Path,
+def _scores_arrays(
     probs_all: np.ndarray,
     emb: np.ndarray,
     labels: np.ndarray,
     sources_all: np.ndarray,
     is_ood: np.ndarray,
     class_names: list[str],
-) -> None:
+) -> dict[str, np.ndarray]:
     """``scores.npz``: per-image probabilities, labels, sources and embeddings of the
     in-distribution test images (``emb``, ``labels``), and the scores of the OOD ones."""
-    _save_npz(
-        path,
-        probs=probs_all[~is_ood].astype(np.float32),
-        labels=labels.astype(np.int64),
-        sources=sources_all[~is_ood],
-        embeddings=emb.astype(np.float32),
-        class_names=np.asarray(class_names, dtype=str),
-        ood_probs=probs_all[is_ood].astype(np.float32),
-        ood_sources=sources_all[is_ood],
-    )
+    return {
+        "probs": probs_all[~is_ood].astype(np.float32),
+        "labels": labels.astype(np.int64),
+        "sources": sources_all[~is_ood],
+        "embeddings": emb.astype(np.float32),
+        "class_names": np.asarray(class_names, dtype=str),
+        "ood_probs": probs_all[is_ood].astype(np.float32),
+        "ood_sources": sources_all[is_ood],
+    }
 
 
-def _write_examples(
-    path: Path,
+def _examples_arrays(
     images: np.ndarray,
     sources: np.ndarray,
     labels: np.ndarray,
     emb: np.ndarray,
     class_names: list[str],
     cfg: EvaluateConfig,
-) -> None:
+) -> dict[str, np.ndarray]:
     """``examples.npz``: a few test images per class and their nearest test neighbours."""
     ex_idx = _example_indices(labels, per_class=N_EXAMPLES_PER_CLASS, seed=cfg.seed)
     nb_idx, nb_sim = _neighbours(emb, ex_idx, k=N_NEIGHBOURS)
-    _save_npz(
-        path,
-        images=images[ex_idx],
-        labels=labels[ex_idx],
-        sources=sources[ex_idx],
-        test_index=ex_idx,
-        neighbor_images=images[nb_idx],
-        neighbor_labels=labels[nb_idx],
-        neighbor_similarity=nb_sim.astype(np.float32),
-        class_names=np.asarray(class_names, dtype=str),
-    )
+    return {
+        "images": images[ex_idx],
+        "labels": labels[ex_idx],
+        "sources": sources[ex_idx],
+        "test_index": ex_idx,
+        "neighbor_images": images[nb_idx],
+        "neighbor_labels": labels[nb_idx],
+        "neighbor_similarity": nb_sim.astype(np.float32),
+        "class_names": np.asarray(class_names, dtype=str),
+    }

@@ -22,9 +22,19 @@ in seconds. Features are standardised with the training mean and standard deviat
 head trains, and the standardisation is folded into the head's first linear layer afterwards,
 so the saved model is plain ``backbone -> head``.
 
-The validation split is carved from the training data (``stratified_split``, seeded), the label
-fraction is taken from the rest (``label_fraction_subset``, nested and seeded) and the epoch
-with the best validation macro ROC-AUC is kept. The test set is never seen here.
+Label budget (:func:`label_budget_split`): at ``label_fraction`` f the run sees f of the labels of
+the data *in total*. The labelled images are drawn first (``label_fraction_subset``: stratified,
+seeded, nested across fractions, >= 1 per class); the validation split is then carved out of
+them (``val_fraction`` of each class, stratified, seeded). Model selection keeps the epoch with
+the best validation macro ROC-AUC, but only when every class has at least
+``min_val_per_class`` validation images; with fewer (or ``val_fraction`` 0) every labelled image
+trains and the run keeps its last epoch: a fixed schedule, recorded as
+``model_selection = "fixed-schedule"`` in ``config.json`` beside ``n_labels_train`` and
+``n_labels_val``. The test set is never seen here.
+
+Training budget: every run takes at least ``min_steps`` optimiser steps (the number of epochs is
+raised until it does), so that a run with very few labels is not undertrained by construction;
+the cosine schedule spans all the steps actually taken.
 
 :func:`finetune` runs the steps in order: resolve the backbone, load and check the data, split
 it, train (probe or end to end), embed the labelled images for kNN, describe and write the run
@@ -67,6 +77,8 @@ from .runs import (
     MODEL_FORMAT,
     TRAIN_EMBEDDINGS_FILE,
     VAL_METRICS_FILE,
+    check_replaceable,
+    staged_run_folder,
     to_jsonable,
     write_json,
     write_jsonl,
@@ -86,9 +98,12 @@ class FinetuneData:
         images: (N, C, H, W) float32, normalised as the model will see them.
         labels: (N,) int64 class indices into ``class_names``.
         class_names: names in label order.
-        train_pool: indices of the training split (the label fraction is drawn from it).
-        val_idx: indices of the validation split.
-        labelled: indices of the labelled training images (a subset of ``train_pool``).
+        train_pool: indices of every image outside the validation split (the
+            ``zscore-dataset`` statistics are fit on them; no labels are used for that).
+        val_idx: indices of the labelled validation images (empty with a fixed schedule).
+        labelled: indices of the labelled training images.
+        model_selection: ``"val"`` (best validation epoch) or ``"fixed-schedule"`` (last epoch).
+        selection_reason: why (:attr:`LabelBudget.reason`).
         normalize: the normalisation applied.
         image_size: the crop/resize size, or None (native size).
         norm_stats: ``zscore-dataset`` statistics (fit on ``train_pool``) or the dataset's
@@ -102,10 +117,85 @@ class FinetuneData:
     train_pool: np.ndarray
     val_idx: np.ndarray
     labelled: np.ndarray
+    model_selection: str
+    selection_reason: str
     normalize: str
     image_size: int | None
     norm_stats: dict | None
     nan_report: Any
+
+
+# --------------------------------------------------------------------------------------------
+# Label budget
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelBudget:
+    """Which labels a run sees, split into training and model-selection images.
+
+    Attributes:
+        train: sorted int64 indices of the labelled training images.
+        val: sorted int64 indices of the labelled validation images (empty with a fixed
+            schedule). ``train`` and ``val`` are disjoint; together they are the labelled set.
+        model_selection: ``"val"`` or ``"fixed-schedule"``.
+        reason: one sentence saying why this model selection was chosen.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    model_selection: str
+    reason: str
+
+
+def label_budget_split(
+    labels: np.ndarray,
+    label_fraction: float,
+    val_fraction: float,
+    min_val_per_class: int,
+    seed: int = 0,
+) -> LabelBudget:
+    """Draw ``label_fraction`` of the labels, then carve the validation split out of them.
+
+    The labelled set is ``label_fraction_subset(all images, labels, label_fraction, seed)``
+    (stratified, >= 1 image per class, nested across fractions for one seed). It is split per
+    class by :func:`~deeplense_ssl.datasets.stratified_split` (``round(n_c * val_fraction)``
+    validation images of a class with ``n_c`` labelled ones, at least one left to train). The
+    split is used only when *every* class gets at least ``min_val_per_class`` validation images;
+    otherwise (and whenever ``val_fraction`` is 0) all labelled images train and the run uses a
+    fixed schedule. Either way ``len(train) + len(val)`` is the whole label budget.
+
+    Args:
+        labels: (N,) int64 labels of the whole labelled pool.
+        label_fraction: in (0, 1], the fraction of the pool's labels the run may see.
+        val_fraction: in [0, 1), the fraction of each class's labelled images for validation.
+        min_val_per_class: >= 1, the fewest validation images per class for model selection.
+        seed: the seed of both draws.
+
+    Returns:
+        The :class:`LabelBudget`.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    labelled = np.asarray(
+        label_fraction_subset(np.arange(len(labels)), labels, label_fraction, seed=seed),
+        dtype=np.int64,
+    )
+    none = np.empty(0, np.int64)
+    if val_fraction <= 0:
+        return LabelBudget(labelled, none, "fixed-schedule", "val_fraction is 0")
+    parts = stratified_split(labels[labelled], val_fraction, 0.0, seed=seed)
+    val = np.sort(labelled[parts["val"]])
+    classes = np.unique(labels[labelled])
+    fewest = int(min((labels[val] == c).sum() for c in classes))
+    if fewest < min_val_per_class:
+        reason = (
+            f"a {val_fraction:g} validation split of {len(labelled)} labels would leave "
+            f"{fewest} validation image(s) in some class (< min_val_per_class="
+            f"{min_val_per_class})"
+        )
+        return LabelBudget(labelled, none, "fixed-schedule", reason)
+    reason = f">= {min_val_per_class} validation images in every class"
+    return LabelBudget(np.sort(labelled[parts["train"]]), val, "val", reason)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,13 +230,42 @@ def _fold_standardisation(head: nn.Module, mean: torch.Tensor, std: torch.Tensor
         first.weight.copy_(w)
 
 
+def steps_per_epoch(n_train: int, batch_size: int, *, skip_single: bool = False) -> int:
+    """Optimiser steps in one shuffled pass over ``n_train`` items in batches of ``batch_size``.
+
+    Args:
+        n_train: number of training items (images, or cached feature rows).
+        batch_size: items per step.
+        skip_single: a trailing batch of one image is skipped (BatchNorm needs two images per
+            batch in training mode), as the end-to-end loop does when ``n_train >= 2``.
+    """
+    full, rest = divmod(n_train, batch_size)
+    steps = full + (rest > 0)
+    if skip_single and n_train >= 2:
+        steps = full * (batch_size >= 2) + (rest >= 2)
+    return steps
+
+
+def budget_epochs(epochs: int, n_steps_per_epoch: int, min_steps: int) -> int:
+    """The epochs a run trains: ``epochs``, raised until it takes at least ``min_steps`` steps.
+
+    Raises:
+        ConfigError: an epoch takes no step at all (e.g. ``batch_size`` 1 end to end).
+    """
+    if n_steps_per_epoch < 1:
+        raise ConfigError(
+            "an epoch takes no optimiser step: training a backbone with BatchNorm needs "
+            "--batch-size >= 2."
+        )
+    return max(epochs, math.ceil(min_steps / n_steps_per_epoch))
+
+
 def _cosine_adamw(
-    param_groups: Any, weight_decay: float, epochs: int, n_train: int, batch_size: int
+    param_groups: Any, weight_decay: float, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with a cosine schedule over every optimiser step of the run."""
+    """AdamW with a cosine schedule over ``total_steps``, every optimiser step of the run."""
     opt = torch.optim.AdamW(param_groups, weight_decay=weight_decay)
-    steps_per_epoch = max(1, math.ceil(n_train / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))
     return opt, sched
 
 
@@ -175,12 +294,26 @@ def _probe_epoch(
     return total, correct
 
 
+def _keep(
+    row: dict, best: dict | None, best_state: dict | None, module: nn.Module, fixed: bool
+) -> tuple[dict, dict | None]:
+    """The kept epoch after ``row``: the latest one with a fixed schedule (its weights are the
+    module's own, so no copy: ``None``), else the better of ``row`` and ``best`` (by
+    :func:`_is_better`) with a copy of its weights."""
+    if fixed:
+        return row, None
+    if _is_better(row, best):
+        return row, copy.deepcopy(module.state_dict())
+    assert best is not None
+    return best, best_state
+
+
 def train_probe(
     head: nn.Module,
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
-    val_feats: torch.Tensor,
-    val_labels: torch.Tensor,
+    val_feats: torch.Tensor | None,
+    val_labels: torch.Tensor | None,
     class_names: list[str],
     *,
     epochs: int,
@@ -190,55 +323,64 @@ def train_probe(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    min_steps: int = 0,
 ) -> tuple[list[dict], dict]:
     """Train a classifier head on cached features; keep the epoch with the best validation AUC.
 
     Args:
-        head: ``(B, D) -> (B, C)``; trained in place, left with the best epoch's weights with
+        head: ``(B, D) -> (B, C)``; trained in place, left with the kept epoch's weights with
             the feature standardisation folded in.
         train_feats: (N, D) features (augmented copies already stacked in).
         train_labels: (N,) int64.
-        val_feats: (M, D); val_labels: (M,).
+        val_feats: (M, D); val_labels: (M,). Both ``None``: a fixed schedule, the last epoch
+            is kept.
         class_names: C names, for the validation AUC.
         epochs, batch_size, lr, weight_decay: AdamW with a cosine schedule over all steps.
         generator: seeded CPU generator for the shuffling.
+        min_steps: train at least this many optimiser steps (:func:`budget_epochs`).
 
     Returns:
-        ``(history, best)``: one dict per epoch and the best epoch's dict.
+        ``(history, best)``: one dict per epoch (``step`` is the optimiser steps taken so far)
+        and the kept epoch's dict.
     """
+    fixed = val_feats is None or val_labels is None
     # Standardisation statistics and validation labels live on the host (the head is folded
     # and scored there); features computed on a GPU by the caller are accepted too.
     train_feats, train_labels = train_feats.float().cpu(), train_labels.cpu()
-    val_feats, val_labels = val_feats.float().cpu(), val_labels.cpu()
     mean = train_feats.mean(0)
     std = train_feats.std(0).clamp_min(1e-6) if len(train_feats) > 1 else torch.ones_like(mean)
     xt = ((train_feats - mean) / std).to(device)
     yt = train_labels.to(device)
-    xv = ((val_feats - mean) / std).to(device)
+    if not fixed:
+        xv = ((val_feats.float().cpu() - mean) / std).to(device)
+    per_epoch = steps_per_epoch(len(xt), batch_size)
+    epochs = budget_epochs(epochs, per_epoch, min_steps)
     head.to(device)
     opt, sched = _cosine_adamw(
-        [{"params": head.parameters(), "lr": lr}], weight_decay, epochs, len(xt), batch_size
+        [{"params": head.parameters(), "lr": lr}], weight_decay, epochs * per_epoch
     )
     history: list[dict] = []
     best: dict | None = None
-    best_state = copy.deepcopy(head.state_dict())
+    best_state: dict | None = None
     for epoch in tqdm(range(1, epochs + 1), desc="probe", disable=not progress):
         perm = torch.randperm(len(xt), generator=generator).to(device)
         total, correct = _probe_epoch(head, xt, yt, perm, opt, sched, batch_size)
-        head.eval()
-        with torch.no_grad():
-            val_logits = head(xv).float().cpu()
         row = {
             "epoch": epoch,
+            "step": epoch * per_epoch,
             "train_loss": total / len(xt),
             "train_acc": correct / len(xt),
             "lr": opt.param_groups[0]["lr"],
-            **_val_metrics(val_logits, val_labels, class_names),
         }
+        if not fixed:
+            head.eval()
+            with torch.no_grad():
+                val_logits = head(xv).float().cpu()
+            row.update(_val_metrics(val_logits, val_labels.cpu(), class_names))
         history.append(row)
-        if _is_better(row, best):
-            best, best_state = row, copy.deepcopy(head.state_dict())
-    head.load_state_dict(best_state)
+        best, best_state = _keep(row, best, best_state, head, fixed)
+    if best_state is not None:
+        head.load_state_dict(best_state)
     head.cpu()
     _fold_standardisation(head, mean, std)
     assert best is not None
@@ -285,8 +427,8 @@ def train_end_to_end(
     model: ClassifierModel,
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
-    val_images: torch.Tensor,
-    val_labels: torch.Tensor,
+    val_images: torch.Tensor | None,
+    val_labels: torch.Tensor | None,
     class_names: list[str],
     *,
     epochs: int,
@@ -298,30 +440,36 @@ def train_end_to_end(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    min_steps: int = 0,
 ) -> tuple[list[dict], dict]:
     """Train backbone and head together (full fine-tune or supervised from scratch).
 
     Args:
-        model: the composed model; trained in place, left with the best epoch's weights.
+        model: the composed model; trained in place, left with the kept epoch's weights.
         train_images: (N, C, H, W) float32; train_labels (N,) int64.
-        val_images: (M, C, H, W); val_labels (M,).
+        val_images: (M, C, H, W); val_labels (M,). Both ``None``: a fixed schedule, the last
+            epoch is kept.
         class_names: C names, for the validation AUC.
         lr: head learning rate; backbone_lr: backbone learning rate (AdamW, cosine schedule).
         augment: random dihedral transform of every training batch.
         generator: seeded CPU generator (shuffling, augmentation).
+        min_steps: train at least this many optimiser steps (:func:`budget_epochs`).
 
     Returns:
         ``(history, best)`` as :func:`train_probe`.
     """
+    fixed = val_images is None or val_labels is None
+    per_epoch = steps_per_epoch(len(train_images), batch_size, skip_single=True)
+    epochs = budget_epochs(epochs, per_epoch, min_steps)
     model.to(device)
     groups = [
         {"params": model.backbone.parameters(), "lr": backbone_lr},
         {"params": model.head.parameters(), "lr": lr},
     ]
-    opt, sched = _cosine_adamw(groups, weight_decay, epochs, len(train_images), batch_size)
+    opt, sched = _cosine_adamw(groups, weight_decay, epochs * per_epoch)
     history: list[dict] = []
     best: dict | None = None
-    best_state = copy.deepcopy(model.state_dict())
+    best_state: dict | None = None
     for epoch in tqdm(range(1, epochs + 1), desc="fine-tune", disable=not progress):
         perm = torch.randperm(len(train_images), generator=generator)
         total, correct, seen = _end_to_end_epoch(
@@ -336,19 +484,21 @@ def train_end_to_end(
             generator=generator,
             device=device,
         )
-        val_logits = predict_logits(model, val_images, batch_size=batch_size, device=device)
         row = {
             "epoch": epoch,
+            "step": epoch * per_epoch,
             "train_loss": total / max(seen, 1),
             "train_acc": correct / max(seen, 1),
             "lr": opt.param_groups[1]["lr"],
             "backbone_lr": opt.param_groups[0]["lr"],
-            **_val_metrics(val_logits, val_labels, class_names),
         }
+        if not fixed:
+            val_logits = predict_logits(model, val_images, batch_size=batch_size, device=device)
+            row.update(_val_metrics(val_logits, val_labels, class_names))
         history.append(row)
-        if _is_better(row, best):
-            best, best_state = row, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+        best, best_state = _keep(row, best, best_state, model, fixed)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.cpu().eval()
     assert best is not None
     return history, best
@@ -416,33 +566,28 @@ def _check_data(cfg: FinetuneConfig, dataset: Any, info: dict, image_size: int |
 def _split(
     cfg: FinetuneConfig, dataset: Any, normalize: str, image_size: int | None
 ) -> FinetuneData:
-    """Validation split, label-fraction subset and (``zscore-dataset``) normalisation fit."""
+    """Label budget (:func:`label_budget_split`) and (``zscore-dataset``) normalisation fit."""
     labels = np.asarray(dataset.labels, dtype=np.int64)
-    splits = stratified_split(labels, cfg.val_fraction, 0.0, seed=cfg.seed)
-    val_idx = np.asarray(splits["val"], dtype=np.int64)
-    labelled = np.asarray(
-        label_fraction_subset(splits["train"], labels, cfg.label_fraction, seed=cfg.seed),
-        dtype=np.int64,
+    budget = label_budget_split(
+        labels, cfg.label_fraction, cfg.val_fraction, cfg.min_val_per_class, seed=cfg.seed
     )
+    train_pool = np.setdiff1d(np.arange(len(labels)), budget.val).astype(np.int64)
     norm_stats = None
     if getattr(dataset, "normalization_pending", False):
-        # zscore-dataset: statistics from the training split only, stored with the model
-        norm_stats = dataset.fit_normalization(splits["train"]).to_dict()
+        # zscore-dataset: pixel statistics of every image outside the validation split (no
+        # labels used), stored with the model
+        norm_stats = dataset.fit_normalization(train_pool).to_dict()
     elif isinstance(getattr(dataset, "meta", None), dict):
         norm_stats = dataset.meta.get("norm_stats")
-    if len(val_idx) == 0:
-        raise DataError(
-            f"no validation images with val_fraction={cfg.val_fraction}; use more data or a "
-            "larger --val-fraction.",
-            cfg.data,
-        )
     return FinetuneData(
         images=np.asarray(dataset.images, dtype=np.float32),
         labels=labels,
         class_names=list(dataset.class_names),
-        train_pool=np.asarray(splits["train"]),
-        val_idx=val_idx,
-        labelled=labelled,
+        train_pool=train_pool,
+        val_idx=budget.val,
+        labelled=budget.train,
+        model_selection=budget.model_selection,
+        selection_reason=budget.reason,
         normalize=normalize,
         image_size=image_size,
         norm_stats=norm_stats,
@@ -496,14 +641,17 @@ def _fit_probe(
         progress=progress,
         desc="train features",
     ).cpu()
-    va = embed(
-        backbone,
-        data.images[data.val_idx],
-        device,
-        cfg.batch_size,
-        progress=progress,
-        desc="val features",
-    ).cpu()
+    va, va_y = None, None
+    if data.model_selection == "val":
+        va = embed(
+            backbone,
+            data.images[data.val_idx],
+            device,
+            cfg.batch_size,
+            progress=progress,
+            desc="val features",
+        ).cpu()
+        va_y = torch.as_tensor(data.labels[data.val_idx])
     backbone.cpu()
     y_train = torch.as_tensor(data.labels[data.labelled])
     if cfg.feature_dihedral:
@@ -516,7 +664,7 @@ def _fit_probe(
         tr_x,
         tr_y,
         va,
-        torch.as_tensor(data.labels[data.val_idx]),
+        va_y,
         data.class_names,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -525,6 +673,7 @@ def _fit_probe(
         generator=generator,
         device=device,
         progress=progress,
+        min_steps=cfg.min_steps,
     )
     return history, best, train_emb
 
@@ -540,12 +689,13 @@ def _fit_end_to_end(
     progress: bool,
 ) -> tuple[list[dict], dict]:
     """Train backbone and head on the labelled images (full fine-tune / from scratch)."""
+    val = data.model_selection == "val"
     return train_end_to_end(
         model,
         torch.as_tensor(data.images[data.labelled]),
         torch.as_tensor(data.labels[data.labelled]),
-        torch.as_tensor(data.images[data.val_idx]),
-        torch.as_tensor(data.labels[data.val_idx]),
+        torch.as_tensor(data.images[data.val_idx]) if val else None,
+        torch.as_tensor(data.labels[data.val_idx]) if val else None,
         data.class_names,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
@@ -556,6 +706,7 @@ def _fit_end_to_end(
         generator=generator,
         device=device,
         progress=progress,
+        min_steps=cfg.min_steps,
     )
 
 
@@ -630,9 +781,29 @@ def _data_summary(cfg: FinetuneConfig, data: FinetuneData) -> dict[str, Any]:
             n: int((labels[labelled] == k).sum()) for k, n in enumerate(names)
         },
         "n_val": int(len(data.val_idx)),
+        "val_class_counts": {
+            n: int((labels[data.val_idx] == k).sum()) for k, n in enumerate(names)
+        },
         "label_fraction": float(cfg.label_fraction),
+        "n_labels_used": int(len(labelled) + len(data.val_idx)),
         "image_shape": list(data.images.shape[1:]),
         "nan_report": to_jsonable(data.nan_report),
+    }
+
+
+def _budget_record(cfg: FinetuneConfig, data: FinetuneData, history: list[dict]) -> dict:
+    """The labels and optimiser steps the run actually used (part of ``resolved``)."""
+    n_train, n_val = int(len(data.labelled)), int(len(data.val_idx))
+    return {
+        "n_label_pool": int(len(data.labels)),
+        "n_labels_train": n_train,
+        "n_labels_val": n_val,
+        "n_labels": n_train + n_val,
+        "model_selection": data.model_selection,
+        "model_selection_reason": data.selection_reason,
+        "epochs": int(history[-1]["epoch"]),
+        "optimizer_steps": int(history[-1]["step"]),
+        "min_steps": int(cfg.min_steps),
     }
 
 
@@ -666,8 +837,13 @@ def _run_config(
 
 def _val_record(cfg: FinetuneConfig, data: FinetuneData, best: dict) -> dict[str, Any]:
     """``val_metrics.json``: the kept epoch and how it was chosen."""
+    if data.model_selection == "val":
+        selection = "best validation macro ROC-AUC (ties: lower validation loss)"
+    else:
+        selection = f"fixed schedule, last epoch kept: {data.selection_reason}"
     return {
-        "selection": "best validation macro ROC-AUC (ties: lower validation loss)",
+        "selection": selection,
+        "model_selection": data.model_selection,
         "best_epoch": best["epoch"],
         **{k: v for k, v in best.items() if k.startswith("val_")},
         "n_val": int(len(data.val_idx)),
@@ -687,8 +863,9 @@ def _write_run(
     train_emb: np.ndarray,
     train_emb_labels: np.ndarray,
 ) -> None:
-    """Write every file of the run folder, each atomically, after training has succeeded
-    (``model.pt`` last: its presence marks a finished run)."""
+    """Write every file of the run into ``out`` (the stage of
+    :func:`deeplense_ssl.runs.staged_run_folder`, swapped in whole afterwards), after training
+    has succeeded (``model.pt`` last)."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / LABEL_SUBSET_FILE) as tmp:
         with open(tmp, "wb") as fh:
@@ -728,7 +905,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
 
     Raises:
         ConfigError: an impossible mode (``--random-init`` with ``--head full``).
-        CheckpointError: unusable pretrain run; backbone channels differ from the data's.
+        CheckpointError: unusable pretrain run; backbone channels differ from the data's;
+            ``cfg.out`` holds something else than a finetune run (an existing finetune run is
+            replaced whole at the end, :func:`deeplense_ssl.runs.staged_run_folder`).
         DataError: unreadable data, or fewer than two classes.
     """
     cfg.validate()
@@ -736,6 +915,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         raise ConfigError(
             "--random-init keeps the random backbone frozen; with --head full use --from-scratch."
         )
+    check_replaceable(cfg.out, FINETUNE_KIND)  # a wrong --out fails now, not after training
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
     # the order of the random draws (backbone init, splits, head init) is part of the contract
@@ -772,19 +952,21 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         "normalize": normalize,
         "image_size": image_size,
         "device": str(device),
+        **_budget_record(cfg, data, history),
     }
     run_config = _run_config(cfg, info, data, spec, resolved)
     val_metrics = _val_record(cfg, data, best)
     out = Path(cfg.out)
-    _write_run(
-        out,
-        model,
-        spec,
-        run_config,
-        history,
-        val_metrics,
-        data.labelled,
-        train_emb,
-        train_emb_labels,
-    )
+    with staged_run_folder(out, FINETUNE_KIND) as stage:  # swapped in whole, or not at all
+        _write_run(
+            stage,
+            model,
+            spec,
+            run_config,
+            history,
+            val_metrics,
+            data.labelled,
+            train_emb,
+            train_emb_labels,
+        )
     return out

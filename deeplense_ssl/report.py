@@ -30,9 +30,8 @@ from matplotlib.figure import Figure
 from . import __version__
 from .attribution import attribution_maps
 from .config import ReportConfig, config_to_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .inference import load_finetuned, predict
-from .io import write_text_atomic
 from .plots import (
     fig_attribution,
     fig_confusion,
@@ -47,16 +46,22 @@ from .runs import (
     BACKBONE_FILE,
     CONFIG_FILE,
     EVAL_METRICS_FILE,
-    EVALUATE_KIND,
+    EXAMPLES_ARRAYS,
     EXAMPLES_FILE,
     REPORT_KIND,
+    SCORES_ARRAYS,
     SCORES_FILE,
     VAL_METRICS_FILE,
-    read_json,
+    json_text,
+    read_arrays,
+    read_eval_metrics,
+    read_finetune_config,
     read_metrics,
+    read_val_metrics,
     report_metrics_path,
+    text_writer,
     to_jsonable,
-    write_json,
+    write_together,
 )
 from .runtime import resolve_device
 
@@ -101,10 +106,6 @@ def _locate_metrics(p: Path) -> Path:
     raise CheckpointError(f"{p}: no such run folder or metrics file.")
 
 
-def _read_optional_json(path: Path, what: str) -> dict[str, Any] | None:
-    return read_json(path, what) if path.is_file() else None
-
-
 def read_run(path: str | Path) -> RunRecord:
     """Locate and read one evaluated run.
 
@@ -114,15 +115,11 @@ def read_run(path: str | Path) -> RunRecord:
 
     Raises:
         CheckpointError: no such folder/file, no metrics (evaluate was not run), a metrics file
-            that is not from ``evaluate``, or missing per-image scores.
+            that is not from ``evaluate`` or lacks an entry the report needs, missing per-image
+            scores, or a damaged run config / validation metrics file (each named).
     """
     metrics_path = _locate_metrics(Path(path))
-    metrics = read_json(metrics_path, "metrics file")
-    if metrics.get("kind") != EVALUATE_KIND:
-        raise CheckpointError(
-            f"{metrics_path}: not a metrics file of `deeplense-ssl evaluate` "
-            f"(kind={metrics.get('kind')!r}); pass evaluated finetune runs."
-        )
+    metrics = read_eval_metrics(metrics_path)
     run_dir = Path(metrics.get("finetune_run") or metrics_path.parent)
     if not run_dir.is_dir():
         run_dir = metrics_path.parent
@@ -133,7 +130,8 @@ def read_run(path: str | Path) -> RunRecord:
             "`deeplense-ssl evaluate`."
         )
     examples_path = metrics_path.parent / metrics.get("examples_file", EXAMPLES_FILE)
-    run_config = _read_optional_json(run_dir / CONFIG_FILE, "run config")
+    config_path, val_path = run_dir / CONFIG_FILE, run_dir / VAL_METRICS_FILE
+    run_config = read_finetune_config(config_path) if config_path.is_file() else None
     pre = (run_config or {}).get("pretrain") or {}
     return RunRecord(
         name=run_dir.name,
@@ -142,7 +140,7 @@ def read_run(path: str | Path) -> RunRecord:
         metrics=metrics,
         run_config=run_config,
         history=read_metrics(run_dir),
-        val_metrics=_read_optional_json(run_dir / VAL_METRICS_FILE, "validation metrics"),
+        val_metrics=read_val_metrics(val_path) if val_path.is_file() else None,
         pretrain_history=read_metrics(pre["run"]) if pre.get("run") else [],
         scores_path=scores_path,
         examples_path=examples_path if examples_path.is_file() else None,
@@ -185,14 +183,14 @@ def run_summary(run: RunRecord) -> dict[str, Any]:
 def _interval(entry: dict | None) -> list[float | None] | None:
     if not entry:
         return None
-    return [entry.get("lower"), entry.get("upper")]
+    return [_num(entry.get("lower")), _num(entry.get("upper"))]
 
 
 def _label_fraction_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Rows with a label fraction and a macro AUC, grouped by setup (init, head, method)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        if r["label_fraction"] is None or r["auc_macro"] is None:
+        if _num(r["label_fraction"]) is None or _num(r["auc_macro"]) is None:
             continue
         groups.setdefault(_setup_name(r), []).append(r)
     return groups
@@ -305,8 +303,9 @@ def _auc_table(m: dict[str, Any]) -> str:
         )
     ood = m.get("ood")
     if ood:
+        held_out = ", ".join(map(str, ood.get("classes") or []))
         extra += (
-            f"; OOD AUROC (max-softmax, held-out {_esc(', '.join(ood.get('classes', [])))}) "
+            f"; OOD AUROC (max-softmax, held-out {_esc(held_out)}) "
             f"{_fmt(ood.get('auroc'))} ({_esc(ood.get('n_ood'))} images)"
         )
     extra += ".</p>"
@@ -353,11 +352,6 @@ summary{cursor:pointer;font-size:13px;margin:4px 0}.meta{color:#555;font-size:13
 """
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def _figures_html(run: RunRecord, class_names: list[str], cfg: ReportConfig, device: Any) -> str:
     """ROC, confusion matrix, training curves, attribution, retrieval and t-SNE of a run."""
     m = run.metrics
@@ -369,8 +363,11 @@ def _figures_html(run: RunRecord, class_names: list[str], cfg: ReportConfig, dev
     training = fig_training(run.pretrain_history, run.history, best_epoch, method)
     if training is not None:
         parts.append("<h3>Training curves</h3>" + _img(training))
-    scores = _load_npz(run.scores_path)
-    ex = _load_npz(run.examples_path) if run.examples_path is not None else None
+    n = len(class_names)
+    scores = read_arrays(run.scores_path, "per-image scores", SCORES_ARRAYS, n_classes=n)
+    ex = None
+    if run.examples_path is not None:
+        ex = read_arrays(run.examples_path, "report examples", EXAMPLES_ARRAYS, n_classes=n)
     if ex is not None and len(ex["labels"]) and cfg.attribution_methods:
         parts.append("<h3>Attribution maps (explaining the true class logit)</h3>")
         parts.append(_attribution_html(run, ex, class_names, cfg, device))
@@ -489,10 +486,22 @@ def build_report(cfg: ReportConfig) -> Path:
     Returns:
         The path of the HTML file.
 
+    The HTML file and its ``metrics.json`` are published together
+    (:func:`deeplense_ssl.runs.write_together`): a failed or killed report leaves the previous
+    pair, or none.
+
     Raises:
-        CheckpointError: a run without metrics/scores (nothing is written then).
+        CheckpointError: a run without metrics/scores, or with a damaged file (nothing is
+            written then).
+        OutputError: the output cannot be written (full disk, read-only folder), naming it.
     """
     cfg.validate()
+    out = Path(cfg.out)
+    if report_metrics_path(out) == out:
+        raise ConfigError(
+            f"--out {out}: the report's {EVAL_METRICS_FILE} is written beside the HTML file; "
+            "give the HTML file another name (e.g. report.html)."
+        )
     device = resolve_device(cfg.device)
     runs = [read_run(r) for r in cfg.runs]  # fail before writing anything
     names = [r.name for r in runs]
@@ -502,7 +511,6 @@ def build_report(cfg: ReportConfig) -> Path:
     rows = [run_summary(r) for r in runs]
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = _document(runs, rows, cfg, device, now)
-    out = Path(cfg.out)
     summary = {
         "kind": REPORT_KIND,
         "deeplense_ssl_version": __version__,
@@ -511,7 +519,7 @@ def build_report(cfg: ReportConfig) -> Path:
         "config": config_to_dict(cfg),
         "runs": rows,
     }
-    metrics_out = report_metrics_path(out)
-    write_text_atomic(out, doc)
-    write_json(metrics_out, summary)
+    write_together(
+        (out, text_writer(doc)), (report_metrics_path(out), text_writer(json_text(summary)))
+    )
     return out

@@ -667,6 +667,13 @@ PRESETS: dict[str, AugmentParams] = {
         noise_std=(0.0, 0.05),
         noise_p=0.8,
     ),
+    # The views of the DeepLense blur pretext (``contrastive-blur``) for any method: a blur level
+    # of 0-3 px and Gaussian noise of std 0.1 (DeepLense's, on min-max scaled images); no
+    # geometry, so positions and the Einstein radius in pixels are untouched.
+    "psf-noise": AugmentParams(
+        blur_levels_px=(0.0, 1.0, 2.0, 3.0),
+        noise_std=(0.1, 0.1),
+    ),
     # SimCLR CIFAR-10 recipe (Chen et al. 2020, App. B.9; DOMAIN.md): crop scale (0.08, 1),
     # left-right flip, colour jitter 0.4/0.4/0.4/0.1 with p=0.8, grayscale p=0.2, no blur.
     "cifar": AugmentParams(

@@ -59,6 +59,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
         pretrain_batch_size=6,
         finetune_epochs=1,
         scratch_epochs=1,
+        finetune_min_steps=0,
         label_fractions=(1.0,),
         stem="small",
     )

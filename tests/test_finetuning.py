@@ -11,9 +11,9 @@ from helpers_finetune import fake_pretrain_run, write_toy_h5
 
 from deeplense_ssl.checkpoint import load_state_dict_file
 from deeplense_ssl.config import FinetuneConfig, config_from_sources
-from deeplense_ssl.datasets import load_dataset, stratified_split
+from deeplense_ssl.datasets import label_fraction_subset, load_dataset
 from deeplense_ssl.errors import CheckpointError, ConfigError, DataError
-from deeplense_ssl.finetuning import _fold_standardisation, finetune
+from deeplense_ssl.finetuning import _fold_standardisation, finetune, label_budget_split
 from deeplense_ssl.heads import LinearHead, MLPHead
 from deeplense_ssl.inference import load_finetuned
 from deeplense_ssl.runs import MODEL_FILE
@@ -33,6 +33,8 @@ def _cfg(toy, out, **kw):
         "checkpoint": str(toy / "pretrain"),
         "epochs": 2,
         "batch_size": 32,
+        # these tests count epochs; the steps budget has its own tests (test_finetuning_budget)
+        "min_steps": 0,
         "out": str(out),
     }
     values.update(kw)
@@ -44,7 +46,9 @@ def _same_state(a: dict, b: dict) -> bool:
 
 
 def test_linear_probe_writes_the_run_folder_and_keeps_backbone_frozen(toy, tmp_path):
-    out = finetune(_cfg(toy, tmp_path / "probe", label_fraction=0.5), progress=False)
+    # 10 labels per class, 2 of them for validation: model selection on the validation split
+    cfg = _cfg(toy, tmp_path / "probe", label_fraction=0.5, min_val_per_class=2)
+    out = finetune(cfg, progress=False)
     names = {p.name for p in out.iterdir()}
     assert {
         "config.json",
@@ -62,6 +66,7 @@ def test_linear_probe_writes_the_run_folder_and_keeps_backbone_frozen(toy, tmp_p
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["label_fraction"] == 0.5
     assert cfg["resolved"]["normalize"] == "minmax"  # taken from the pretrain run
+    assert cfg["resolved"]["model_selection"] == "val"
     assert cfg["pretrain"]["method"] == "simclr"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -70,18 +75,26 @@ def test_linear_probe_writes_the_run_folder_and_keeps_backbone_frozen(toy, tmp_p
     assert val["best_epoch"] == best["epoch"]
 
 
-def test_label_subset_is_stratified_from_train_split_never_val(toy, tmp_path):
-    cfg = _cfg(toy, tmp_path / "p", label_fraction=0.5, epochs=1)
+def test_label_budget_includes_the_validation_labels(toy, tmp_path):
+    """Protocol change (issue 12): the validation split is carved out of the labelled subset,
+    so at label fraction f the run sees f of the labels in total (it used to be 15% of *all*
+    images for validation on top of f of the rest)."""
+    cfg = _cfg(toy, tmp_path / "p", label_fraction=0.5, epochs=1, min_val_per_class=2)
     out = finetune(cfg, progress=False)
     subset = np.load(out / "label_subset.npy")
     labels = load_dataset(toy / "train.h5").labels
-    splits = stratified_split(labels, cfg.val_fraction, 0.0, seed=cfg.seed)
-    assert set(subset) <= set(splits["train"]) and not set(subset) & set(splits["val"])
-    counts = np.bincount(labels[subset], minlength=3)
-    train_counts = np.bincount(labels[splits["train"]], minlength=3)
-    np.testing.assert_array_equal(counts, np.floor(0.5 * train_counts + 0.5))  # half up
+    budget = label_budget_split(labels, 0.5, cfg.val_fraction, 2, seed=cfg.seed)
+    np.testing.assert_array_equal(subset, budget.train)  # the run used this split
+    val = budget.val
+    assert not set(subset) & set(val)
+    labelled = label_fraction_subset(np.arange(len(labels)), labels, 0.5, seed=cfg.seed)
+    np.testing.assert_array_equal(np.sort(np.concatenate([subset, val])), labelled)
+    assert len(subset) + len(val) == 0.5 * len(labels)  # 30 of the 60 labels, no more
+    # per class: round(0.5 * 20) = 10 labelled, round(0.15 * 10) = 2 of them validate
+    np.testing.assert_array_equal(np.bincount(labels[subset], minlength=3), [8, 8, 8])
+    np.testing.assert_array_equal(np.bincount(labels[val], minlength=3), [2, 2, 2])
     ds = json.loads((out / "config.json").read_text())["data_summary"]
-    assert ds["n_train_labelled"] == len(subset) and ds["n_val"] == len(splits["val"])
+    assert ds["n_train_labelled"] == len(subset) and ds["n_val"] == len(val)
 
 
 def test_loaded_model_reproduces_the_probe(toy, tmp_path):

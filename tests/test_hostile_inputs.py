@@ -563,6 +563,41 @@ def test_load_extreme_values_gives_finite_images(tmp_path: Path):
         assert np.isfinite(data.images).all(), method
 
 
+def _overflowing(n: int = 6) -> np.ndarray:
+    """Ordinary images except image 4, which ``zscore-dataset`` with std 1e-30 overflows."""
+    x = np.random.default_rng(0).normal(size=(n, 1, 8, 8)).astype(np.float32)
+    x[4] *= 1e10
+    return x
+
+
+TINY_STD = {"method": "zscore-dataset", "mean": [0.0], "std": [1e-30], "n_images": 1}
+
+
+def test_zscore_dataset_overflow_while_loading_names_the_source_image(tmp_path: Path):
+    x = _overflowing()
+    x[1, 0, 0, 0] = np.nan  # dropped: image 4 of the file is image 3 of the kept block
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(DataError, match=r"x\.npy \[image 4\]: normalize='zscore-dataset' maps"):
+        load_dataset(
+            tmp_path / "x.npy", nan_policy="drop", normalize="zscore-dataset", norm_stats=TINY_STD
+        )
+    folder = tmp_path / "cls" / "a"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(_overflowing()):
+        np.save(folder / f"{i}.npy", image)
+    with pytest.raises(DataError, match=r"cls/a/4\.npy: normalize='zscore-dataset' maps"):
+        load_dataset(tmp_path / "cls", normalize="zscore-dataset", norm_stats=TINY_STD)
+
+
+def test_zscore_dataset_fitted_later_names_the_source_image(tmp_path: Path):
+    x = _overflowing()
+    x[0, 0, 0, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    data = load_dataset(tmp_path / "x.npy", nan_policy="drop", normalize="zscore-dataset")
+    with pytest.raises(DataError, match=r"x\.npy \[image 4\]: normalize='zscore-dataset' maps"):
+        data.apply_normalization(NormStats.from_dict(TINY_STD))
+
+
 def test_policy_and_normalisation_names_are_defined_in_cleaning():
     assert NAN_POLICIES == ("raise", "zero", "median", "interpolate", "drop")
     assert NORMALIZATIONS == ("none", "minmax", "zscore", "zscore-dataset", "asinh")

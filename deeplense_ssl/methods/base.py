@@ -93,6 +93,11 @@ class Method(nn.Module):
     backbone: nn.Module
     transform: ViewAugmenter  # one line: what the network learns (README, CLI help)
     supports_pairs: ClassVar[bool] = False  # can take its two views from paired renderings
+    # optimiser and base learning rate (lr = base_lr * global batch / 256) when the config
+    # leaves them unset: SGD 0.3 (SimCLR's, measured here), LARS for methods whose losses are
+    # large and badly scaled for plain SGD (the solo-learn CIFAR recipes)
+    default_optimizer: ClassVar[str] = "sgd"
+    default_base_lr: ClassVar[float] = 0.3
 
     def __init__(
         self,
@@ -119,6 +124,14 @@ class Method(nn.Module):
     @classmethod
     def validate(cls, cfg: MethodSettings) -> None:
         """Raise :class:`ConfigError` for settings this method cannot train with."""
+
+    @classmethod
+    def fill_defaults(cls, cfg: Any) -> None:
+        """Set the config's ``optimizer`` / ``base_lr`` to this method's defaults where unset."""
+        if cfg.optimizer is None:
+            cfg.optimizer = cls.default_optimizer
+        if cfg.base_lr is None:
+            cfg.base_lr = cls.default_base_lr
 
     @classmethod
     def check_pairs(cls, cfg: MethodSettings) -> None:

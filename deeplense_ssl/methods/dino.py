@@ -86,6 +86,7 @@ class DINO(Method):
     """DINO with multi-crop at the native pixel scale (see the module docstring)."""
 
     name = "dino"
+    default_optimizer = "lars"
     supports_pairs = True
     steps_done: Tensor
     summary = (

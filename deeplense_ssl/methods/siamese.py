@@ -76,6 +76,8 @@ class BYOL(_Predictive):
     """BYOL: online prediction of a momentum target's projection."""
 
     name = "byol"
+    default_optimizer = "lars"
+    default_base_lr = 1.0  # solo-learn's CIFAR recipe
     summary = "predict a momentum (EMA) target network's projection of the other view (BYOL)"
     loss_form = "byol"
 
@@ -113,6 +115,7 @@ class SimSiam(_Predictive):
     """SimSiam: predict the other view's projection through a stop-gradient."""
 
     name = "simsiam"
+    default_base_lr = 0.5  # SGD (SimSiam Sec. 4: lr = 0.05 x B / 256 on ImageNet; 0.5 on CIFAR)
     summary = "predict the other view's projection through a stop-gradient (SimSiam)"
 
     @staticmethod

@@ -8,6 +8,7 @@ inside the method.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,9 @@ IN_MEMORY_DATA = "<in-memory>"
 """``cfg.data`` recorded for a dataset passed to ``pretrain`` as an object."""
 
 MAX_DEVICE_DATA_FRACTION = 0.5  # of free GPU memory the training set may occupy
+
+FINGERPRINT_ROWS = 256
+"""Images hashed by :func:`data_fingerprint`: evenly spaced, the first and the last included."""
 
 
 def load_images(cfg: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -100,7 +104,41 @@ def _check_images(images: np.ndarray, where: str) -> None:
     finite = np.isfinite(images).reshape(len(images), -1).all(1)
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
-        raise DataError("non-finite pixels reach training; choose a --nan-policy.", where, bad)
+        if np.isnan(images[bad]).any():
+            advice = "clean them first: --nan-policy zero, median, interpolate or drop"
+        else:  # inf only: a NaN policy would not see it as missing data
+            advice = "the values overflow float32; rescale the data (e.g. --normalize minmax)"
+        raise DataError(f"non-finite pixels (NaN/inf) reach training; {advice}.", where, bad)
+
+
+def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """What identifies the training data of a run, to refuse a resume on other data.
+
+    Computed on the loaded float32 array (after cleaning and normalisation), so it changes when
+    the file's content or the loading options change, and not when the file is only moved.
+
+    Args:
+        images: ``(N, ...)`` the training array as :func:`load_images` returns it.
+        labels: ``(N,)`` int64.
+
+    Returns:
+        ``{"n", "shape", "dtype", "rows_hashed", "sha256"}``: count, per-image shape, dtype,
+        and the SHA-256 of the labels and of :data:`FINGERPRINT_ROWS` evenly spaced images
+        (bytes, C order).
+    """
+    n = len(images)
+    rows = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().astype(np.int64))
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    for i in rows:
+        digest.update(np.ascontiguousarray(images[i]).tobytes())
+    return {
+        "n": int(n),
+        "shape": [int(v) for v in images.shape[1:]],
+        "dtype": str(images.dtype),
+        "rows_hashed": int(len(rows)),
+        "sha256": digest.hexdigest(),
+    }
 
 
 def first_rendering(data: Tensor) -> Tensor:

@@ -60,6 +60,7 @@ from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, METRICS_FILE, write_run_confi
 from ..runtime import resolve_amp_dtype, resolve_device, seed_everything
 from .data import (
     IN_MEMORY_DATA,
+    data_fingerprint,
     epoch_permutation,
     fetch,
     first_rendering,
@@ -73,7 +74,7 @@ from .monitoring import (
     knn_monitor,
     monitor_indices,
 )
-from .resume import check_resolved, check_resume, method_state
+from .resume import FINGERPRINT_KEY, check_resolved, check_resume, method_state
 from .step import training_step
 
 OnStep = Callable[[int, dict[str, Any]], None]
@@ -183,7 +184,8 @@ def make_plan(
     labels: np.ndarray,
     class_names: list[str],
 ) -> Plan:
-    """Split, batch arithmetic, schedule length, learning rate and precision of the run."""
+    """Split, batch arithmetic, schedule length, learning rate and precision of the run, and
+    the fingerprint of its data (a resume on other data is refused)."""
     train_idx, val_idx = _knn_split(cfg, labels, class_names)
     n_train, in_chans, size = len(train_idx), images.shape[-3], images.shape[-1]
     global_batch = cfg.batch_size * info.world_size
@@ -212,6 +214,7 @@ def make_plan(
         "class_names": class_names,
         "device": info.device.type,
         "amp": str(amp).removeprefix("torch.") if amp else "off",
+        FINGERPRINT_KEY: data_fingerprint(images, labels),  # a resume on other data is refused
     }
     return Plan(
         train_idx, val_idx, global_batch, steps_per_epoch, total_steps, stop_step,
@@ -415,10 +418,13 @@ def _check_finite(s: Session, loss_sum: Tensor, first: int, last: int) -> float:
     if not math.isfinite(value):
         ckpt = s.run_dir / CHECKPOINT_FILE
         kept = f"the last good checkpoint ({ckpt}) is kept" if ckpt.exists() else "none saved"
+        # the inputs are finite (checked when loaded): the values overflowed inside the network
+        scale = "check the data normalisation"
+        if s.cfg.normalize == "none":
+            scale = "scale the images (they were used as stored: --normalize minmax or zscore)"
         raise TrainingDivergedError(
             f"the training loss became {value} between steps {first} and {last}; {kept}. "
-            "Lower the learning rate (--lr), set --grad-clip, or check the data "
-            "normalisation."
+            f"Lower the learning rate (--lr), set --grad-clip, or {scale}."
         )
     return value
 

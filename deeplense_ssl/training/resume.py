@@ -7,11 +7,15 @@ the data order; ``resume=True`` restores all of it and continues bitwise.
 
 Checkpoints of format ``...v1`` (package 0.x before the methods redesign) stored ``backbone``
 and ``head`` separately; :func:`method_state` upgrades them.
+
+The resolved values of a run (``config.json`` and every checkpoint) include the fingerprint of
+its training data (:func:`deeplense_ssl.training.data.data_fingerprint`); a resume on data whose
+count, shape, dtype or sampled content differ is refused. Checkpoints written before the
+fingerprint existed still resume (nothing to compare).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +23,16 @@ from torch import Tensor
 
 from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_V1, load_checkpoint
 from ..errors import CheckpointError
-from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE
+from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE, PRETRAIN_KIND, read_json
 
 RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "resume"})
 """Config fields that may differ between a checkpoint and the run resuming it."""
 
 MUST_MATCH_ON_RESUME = ("world_size", "n_train", "input_shape")
 """Resolved values that a resume needs unchanged (same data and number of processes)."""
+
+FINGERPRINT_KEY = "data_fingerprint"
+"""Resolved entry holding the training data's fingerprint (absent in older runs)."""
 
 
 def method_state(state: dict[str, Any], path: Path) -> dict[str, Tensor]:
@@ -68,9 +75,11 @@ def check_resume(run_dir: Path, cfg_dict: dict[str, Any], resume: bool) -> dict 
     """Apply the run-folder policy; return the checkpoint to resume from (or ``None``).
 
     Raises:
-        CheckpointError: a finished or started run without ``resume``, or a resume whose
-            config differs in anything but ``epochs`` / ``max_steps``.
+        CheckpointError: a finished or started run without ``resume``, a resume whose config
+            differs in anything but ``epochs`` / ``max_steps``, or a folder whose
+            ``config.json`` is not a pretrain run's (a finetune run, a file of the user).
     """
+    _refuse_foreign_config(run_dir)
     if not resume:
         for name in (CHECKPOINT_FILE, BACKBONE_FILE):
             if (run_dir / name).exists():
@@ -98,11 +107,27 @@ def _previous_config(run_dir: Path) -> tuple[dict | None, dict | None]:
         state = load_training_checkpoint(ckpt)
         return state, state["config"]
     if (run_dir / CONFIG_FILE).exists():  # killed before its first checkpoint
-        try:
-            return None, json.loads((run_dir / CONFIG_FILE).read_text())["config"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{run_dir / CONFIG_FILE}: unreadable run config.") from exc
+        return None, read_json(run_dir / CONFIG_FILE, "run config", {"config": dict})["config"]
     return None, None
+
+
+def _refuse_foreign_config(run_dir: Path) -> None:
+    """A ``config.json`` in ``run_dir`` must be a pretrain run's: it is rewritten by the run."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return
+    try:
+        kind = read_json(path, "run config").get("kind")
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{path} is not the config of a pretrain run ({exc}); a pretraining would overwrite "
+            "it: choose another --out."
+        ) from exc
+    if kind != PRETRAIN_KIND:
+        raise CheckpointError(
+            f"{run_dir} holds a {kind or 'foreign'} {CONFIG_FILE} (kind={kind!r}), not a pretrain "
+            "run; a pretraining would overwrite it: choose another --out."
+        )
 
 
 def check_resolved(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -113,3 +138,29 @@ def check_resolved(run_dir: Path, old: dict[str, Any], new: dict[str, Any]) -> N
                 f"cannot resume {run_dir}: {key} was {old[key]} and is now {new[key]} "
                 "(same data and number of processes needed)."
             )
+    check_fingerprint(run_dir, old.get(FINGERPRINT_KEY), new.get(FINGERPRINT_KEY))
+
+
+def check_fingerprint(run_dir: Path, old: dict | None, new: dict | None) -> None:
+    """Refuse a resume whose training data differ from the run's (old runs have none).
+
+    Args:
+        run_dir: the run folder, for the message.
+        old: the fingerprint recorded in the checkpoint (None: written before fingerprints).
+        new: the fingerprint of the data loaded now.
+
+    Raises:
+        CheckpointError: count, image shape, dtype or sampled content differ (named).
+    """
+    if not old or not new:
+        return
+    changed = [k for k in ("n", "shape", "dtype") if old.get(k) != new.get(k)]
+    what = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in changed)
+    if not changed and old.get("sha256") != new.get("sha256"):
+        what = "same size, different images or labels"
+    if what:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: the training data changed since the run started ({what}; "
+            "the content of --data, or the options that load it). Resume with the data the "
+            "run started on, or start a new run with another --out."
+        )

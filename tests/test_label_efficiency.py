@@ -1,0 +1,157 @@
+"""benchmarks/label_efficiency.py (protocol v2): arguments, the planned runs, row names, and a
+tiny end-to-end run (slow)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import label_efficiency as le  # noqa: E402
+
+from deeplense_ssl.methods import METHOD_NAMES  # noqa: E402
+
+
+def _plan(*argv: str):
+    return le.resolve_plan(le.parse_args(list(argv)))
+
+
+def test_defaults_follow_the_protocol():
+    plan = _plan()
+    assert plan["methods"] == list(METHOD_NAMES)  # every registered method, not a fixed tuple
+    assert 3 * plan["n_unlabelled_per_class"] >= 3000  # a realistic unlabelled pool
+    assert len(set(plan["sim_seeds"].values())) == 3  # three pools, three seeds
+    assert plan["min_steps"] >= 300 and plan["fractions"] == [0.01, 0.1, 1.0]
+    assert plan["rows"] == {"full_finetune": True, "baselines": True}
+    paths = le.pool_paths(plan, "model_ii", Path("w"))
+    assert len({paths[k] for k in ("unlabelled", "labelled", "test")}) == 3
+    assert "s1000" in paths["unlabelled"].name and "s3000" in paths["test"].name
+
+
+def test_overrides_reach_the_plan():
+    plan = _plan(
+        "--methods", "vicreg", "byol", "--pretrain-epochs", "3", "--augment", "lensing-exact",
+        "--pretrain-option", "temperature=0.2", "--pretrain-option", "blur-sigmas-px=[0, 1.5]",
+        "--finetune-option", "lr=3e-4", "--fractions", "0.1", "0.01", "--seeds", "4", "5",
+        "--min-steps", "50", "--sim-seeds", "7", "8", "9", "--paired",
+    )  # fmt: skip
+    assert plan["methods"] == ["vicreg", "byol"] and plan["pretrain_epochs"] == 3
+    assert plan["recipe"] == {
+        "augment": "lensing-exact",
+        "pretrain_options": {"temperature": 0.2, "blur_sigmas_px": [0, 1.5]},
+        "paired": True,
+    }
+    assert plan["finetune_options"] == {"lr": 3e-4}
+    assert plan["fractions"] == [0.01, 0.1] and plan["seeds"] == [4, 5]
+    assert plan["min_steps"] == 50
+    assert plan["sim_seeds"] == {"unlabelled": 7, "labelled": 8, "test": 9}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--pretrain-option", "no_such_field=1"], "no field 'no_such_field'"),
+        (["--pretrain-option", "seed=3"], "set by the benchmark"),
+        (["--pretrain-option", "temperature"], "KEY=VALUE"),
+        (["--finetune-option", "label_fraction=0.5"], "set by the benchmark"),
+        (["--fractions", "0"], "in (0, 1]"),
+    ],
+)
+def test_bad_options_stop_before_anything_runs(argv, message):
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace("]", r"\]")):
+        _plan(*argv)
+
+
+def test_dry_run_plans_every_row_with_the_same_budget(tmp_path, capsys):
+    plan = _plan(
+        "--models", "model_ii", "--methods", "simclr", "vicreg", "--fractions", "0.01", "1",
+        "--pretrain-option", "stem=small", "--seeds", "0", "1",
+    )  # fmt: skip
+    steps = le.plan_model(plan, "model_ii", tmp_path, "cpu")
+    pre = [cfg for kind, _, cfg in steps if kind == "pretrain"]
+    ft = [(name, cfg) for kind, name, cfg in steps if kind == "finetune"]
+    assert len(pre) == 2 * 2  # methods x seeds
+    assert len(ft) == 2 * 2 * (2 * 2 + 2)  # seeds x fractions x (probe + full per method + 2)
+    assert all(Path(c.data).name.startswith("unlabelled") and c.stem == "small" for c in pre)
+    assert len({c.out for c in pre}) == 4 and len({c.out for _, c in ft}) == len(ft)
+    rows = {(n, c.head, c.init) for n, c in ft}
+    assert rows == {
+        ("simclr", "linear", "pretrained"),
+        ("simclr", "full", "pretrained"),
+        ("vicreg", "linear", "pretrained"),
+        ("vicreg", "full", "pretrained"),
+        ("random-init", "linear", "random"),
+        ("supervised", "full", "scratch"),
+    }
+    for _, c in ft:
+        assert Path(c.data).name.startswith("labelled") and c.min_steps == 300
+        assert c.epochs == (plan["probe_epochs"] if c.head == "linear" else plan["end_to_end_epochs"])  # fmt: skip # noqa: E501
+        if c.init != "pretrained":
+            assert c.stem == "small" and c.checkpoint is None  # the pretraining's architecture
+    # another recipe never reuses a run folder of this one
+    other = _plan("--models", "model_ii", "--methods", "simclr", "--pretrain-option", "stem=small",
+                  "--pretrain-option", "temperature=0.3")  # fmt: skip
+    other_pre = [c.out for k, _, c in le.plan_model(other, "model_ii", tmp_path, "cpu")
+                 if k == "pretrain"]  # fmt: skip
+    assert not set(other_pre) & {c.out for c in pre}
+    le.main(["--models", "model_ii", "--methods", "simclr", "--dry-run",
+             "--work-dir", str(tmp_path / "w")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert '"protocol": "v2"' in out and "supervised" in out
+    assert not (tmp_path / "w").exists()  # nothing simulated or trained
+
+
+def test_row_names_and_protocols(tmp_path):
+    header = {"protocol": "v2", "pretrain_epochs": 10,
+              "recipe": {"augment": "lensing-exact", "pretrain_options": {"stem": "small",
+                         "temperature": 0.2}, "paired": True}}  # fmt: skip
+    full = {"method": "simclr", "head": "full"}
+    assert (
+        le.row_label(full, header, 10)
+        == "simclr + full fine-tune [augment=lensing-exact, stem=small, temperature=0.2, paired]"
+    )
+    assert le.row_label({"method": "supervised", "head": "full"}, header, 10) == (
+        "supervised [stem=small]"
+    )
+    assert le.row_label({"method": "simclr", "head": "linear"}, {"pretrain_epochs": 20}, 10) == (
+        "simclr, 20 epochs"
+    )
+    v1 = tmp_path / "v1.json"
+    v1.write_text(json.dumps({"header": {"pretrain_epochs": 6}, "rows": []}))
+    v2 = tmp_path / "v2.json"
+    v2.write_text(json.dumps({"header": {"protocol": "v2", "pretrain_epochs": 6}, "rows": []}))
+    assert le.results_protocol([str(v1)]) == "v1" and le.results_protocol([str(v2)]) == "v2"
+    with pytest.raises(SystemExit, match="different protocols"):
+        le.results_protocol([str(v1), str(v2)])
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_runs_every_row_and_counts_its_labels(tmp_path):
+    pytest.importorskip("lenstronomy")
+    out = tmp_path / "le.json"
+    le.main([
+        "--models", "model_ii", "--methods", "simclr", "--image-size", "32",
+        "--n-unlabelled-per-class", "3", "--n-labelled-per-class", "4", "--n-test-per-class", "2",
+        "--pretrain-epochs", "1", "--pretrain-batch-size", "6", "--pretrain-option", "max_steps=1",
+        "--pretrain-option", "stem=small", "--probe-epochs", "1", "--end-to-end-epochs", "1",
+        "--min-steps", "3", "--fractions", "0.5", "--n-bootstrap", "5", "--device", "cpu",
+        "--work-dir", str(tmp_path / "runs"), "--out", str(out),
+        "--markdown", str(tmp_path / "le.md"),
+    ])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["header"]["protocol"] == "v2" and "--min-steps 3" in result["header"]["command"]
+    rows = result["rows"]
+    assert [(r["method"], r["head"]) for r in rows] == [
+        ("simclr", "linear"),
+        ("simclr", "full"),
+        ("random-init", "linear"),
+        ("supervised", "full"),
+    ]
+    for r in rows:  # 50% of 12 labels in total, too few to validate on
+        assert r["n_labels_train"] + r["n_labels_val"] == 6
+        assert r["model_selection"] == "fixed-schedule" and r["optimizer_steps"] >= 3
+    assert "simclr + full fine-tune" in (tmp_path / "le.md").read_text()
+    assert result["pretrain"][0]["seconds"] is not None
