@@ -120,8 +120,48 @@ def draw_loss_curve(ax: Axes, records: list[dict[str, Any]]) -> None:
         ax.legend(loc="upper right", fontsize=7)
 
 
+def _collapse_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in records
+        if r.get("kind") == "epoch" and "step" in r and _num(r.get("rankme")) is not None
+    ]
+
+
+def draw_collapse_curve(ax: Axes, records: list[dict[str, Any]]) -> bool:
+    """The collapse monitor of pretraining ``metrics.jsonl`` records onto ``ax``.
+
+    Effective rank (RankMe) of the monitor embeddings against the optimiser step, the mean
+    per-dimension std on a twin axis, and red crosses at epochs that logged a collapse warning
+    (see :mod:`deeplense_ssl.collapse`).
+
+    Returns:
+        Whether there was anything to draw (runs before the monitor existed have nothing).
+    """
+    rows = _collapse_records(records)
+    if not rows:
+        return False
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["rankme"] for r in rows], "o-", ms=3, c="C3", label="effective rank")
+    warned = [r for r in rows if r.get("collapse_warning")]
+    if warned:
+        ax.plot([r["step"] for r in warned], [r["rankme"] for r in warned], "x", c="red",
+                ms=8, mew=2, label="collapse warning")  # fmt: skip
+    ax.set(xlabel="optimiser step", ylabel="effective rank (RankMe)", title="collapse monitor")
+    ax.set_ylim(bottom=0)
+    std = [_num(r.get("emb_std_mean")) for r in rows]
+    if any(v is not None for v in std):
+        ax2 = ax.twinx()
+        ax2.plot(steps, [np.nan if v is None else v for v in std], "s--", c="C4", ms=3)
+        ax2.set_ylabel("mean per-dim std", color="C4")
+        ax2.set_ylim(bottom=0)
+    ax.legend(loc="lower left", fontsize=7)
+    return True
+
+
 def plot_loss_curve(run_dir: str | Path) -> Path:
-    """Draw ``loss_curve.png`` (loss per step, epoch means, kNN accuracy) from ``metrics.jsonl``.
+    """Draw ``loss_curve.png`` from ``metrics.jsonl``: loss per step, epoch means and kNN
+    accuracy; beside it the collapse monitor when the run logged one.
 
     Args:
         run_dir: a pretrain run folder.
@@ -129,8 +169,13 @@ def plot_loss_curve(run_dir: str | Path) -> Path:
     Returns:
         The path of the PNG file.
     """
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
-    draw_loss_curve(fig.add_subplot(), read_metrics(run_dir))
+    records = read_metrics(run_dir)
+    panels = 2 if _collapse_records(records) else 1
+    fig = Figure(figsize=(6.4 * panels, 4.0), dpi=100)
+    axes = np.atleast_1d(fig.subplots(1, panels))
+    draw_loss_curve(axes[0], records)
+    if panels == 2:
+        draw_collapse_curve(axes[1], records)
     fig.tight_layout()
     return save_png(fig, Path(run_dir) / LOSS_CURVE_FILE, dpi=100)
 
@@ -178,7 +223,8 @@ def fig_training(
     best_epoch: int | None,
     method: str,
 ) -> Figure | None:
-    """Pretraining loss against the step and the fine-tuning history against the epoch.
+    """Pretraining loss (and the collapse monitor) against the step, and the fine-tuning
+    history against the epoch.
 
     Args:
         pretrain_history: the pretrain run's ``metrics.jsonl`` records (may be empty).
@@ -190,15 +236,17 @@ def fig_training(
         The figure, or None when there is nothing to draw.
     """
     pre = [r for r in pretrain_history if _num(r.get("loss")) is not None]
-    n_axes = (1 if pre else 0) + (2 if history else 0)
+    collapse = 1 if _collapse_records(pre) else 0
+    n_axes = (1 + collapse if pre else 0) + (2 if history else 0)
     if not n_axes:
         return None
-    n_panels = (1 if pre else 0) + (1 if history else 0)
-    fig = Figure(figsize=(4.2 * (n_panels + 1), 3.2))
+    fig = Figure(figsize=(4.2 * n_axes, 3.2))
     axes = np.atleast_1d(fig.subplots(1, n_axes))
     if pre:
         draw_loss_curve(axes[0], pre)
         axes[0].set_title(f"pretraining loss ({method})")
+        if collapse:
+            draw_collapse_curve(axes[1], pre)
     if history:
         draw_finetune_history(axes[-2], axes[-1], history, best_epoch)
     fig.tight_layout()

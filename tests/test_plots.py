@@ -146,3 +146,23 @@ def test_display_scales_each_image_to_unit_range():
     assert cmap == "gray" and grey.min() == 0.0 and grey.max() == 1.0
     rgb, cmap = plots._display(np.ones((3, 2, 2)))
     assert cmap is None and rgb.shape == (2, 2, 3) and (rgb == 0).all()  # constant: no division
+
+
+def test_collapse_monitor_is_drawn_beside_the_loss():
+    pre = [{"kind": "step", "step": s, "loss": 5.0 - s} for s in (1, 2, 3, 4)]
+    pre += [
+        {"kind": "epoch", "step": 2, "loss": 4.0, "rankme": 30.0, "emb_std_mean": 0.02},
+        {"kind": "epoch", "step": 4, "loss": 2.0, "rankme": 1.2, "emb_std_mean": 1e-5,
+         "collapse_warning": "representation collapse: ..."},
+    ]  # fmt: skip
+    fig = plots.fig_training(pre, [], None, "vicreg")
+    assert [a.get_title() for a in fig.axes[:2]] == [
+        "pretraining loss (vicreg)",
+        "collapse monitor",
+    ]
+    rank_line, warned = fig.axes[1].get_lines()
+    assert list(rank_line.get_xdata()) == [2, 4] and list(rank_line.get_ydata()) == [30.0, 1.2]
+    assert list(warned.get_xdata()) == [4]  # the warning is marked where it was logged
+    twin = [a for a in fig.axes if a.get_ylabel() == "mean per-dim std"]
+    assert list(twin[0].get_lines()[0].get_ydata()) == [0.02, 1e-5]
+    assert plots.draw_collapse_curve(fig.axes[0], pre[:4]) is False  # nothing logged: no panel
