@@ -225,18 +225,21 @@ class LightlyMomentum(nn.Module):
         backbone: the online / student backbone.
         heads: online modules after the backbone, ``[projector, predictor]`` (BYOL) or
             ``[dino_head]`` (DINO); the first one is copied into the target.
+        make_head: builds a new module like ``heads[0]`` (the target's, before copying).
         criterion: lightly's loss.
         momentum_base: EMA momentum at step 0.
         dino: DINO (teacher on the 2 global views, student on all) instead of BYOL.
     """
 
-    def __init__(self, backbone, heads: list[nn.Module], criterion, momentum_base, dino=False):
+    def __init__(self, backbone, heads, make_head, criterion, momentum_base, dino=False):
         from lightly.models.utils import deactivate_requires_grad
 
         super().__init__()
         self.backbone, self.heads, self.criterion = backbone, nn.ModuleList(heads), criterion
         self.target_backbone = copy.deepcopy(backbone)
-        self.target_head = copy.deepcopy(heads[0])
+        # A fresh head loaded with the online one's weights: lightly's DINO head uses the old
+        # ``nn.utils.weight_norm``, which ``copy.deepcopy`` refuses.
+        self.target_head = copy_module(heads[0], make_head)
         deactivate_requires_grad(self.target_backbone)
         deactivate_requires_grad(self.target_head)
         self.momentum_base, self.dino = momentum_base, dino
@@ -260,6 +263,13 @@ class LightlyMomentum(nn.Module):
     def export(self) -> nn.Module:
         """DINO: the teacher's backbone (as ours exports); BYOL: the online backbone."""
         return self.target_backbone if self.dino else self.backbone
+
+
+def copy_module(module: nn.Module, make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` loaded with ``module``'s parameters and buffers (a deep copy by state)."""
+    target = make()
+    target.load_state_dict(module.state_dict())
+    return target
 
 
 def lightly_model(method: str, backbone: nn.Module) -> nn.Module:
@@ -287,14 +297,22 @@ def lightly_model(method: str, backbone: nn.Module) -> nn.Module:
         )
         return LightlySimSiam(backbone, proj, pred, L.NegativeCosineSimilarity())
     if method == "byol":
-        heads = [M.BYOLProjectionHead(feat, hid, out), M.BYOLPredictionHead(out, hid, out)]
-        return LightlyMomentum(backbone, heads, L.NegativeCosineSimilarity(), recipe.ema_momentum)
+
+        def make() -> nn.Module:
+            return M.BYOLProjectionHead(feat, hid, out)
+
+        heads = [make(), M.BYOLPredictionHead(out, hid, out)]
+        criterion = L.NegativeCosineSimilarity()
+        return LightlyMomentum(backbone, heads, make, criterion, recipe.ema_momentum)
     if method == "dino":
-        head = M.DINOProjectionHead(feat, hid, out, DINO_OUT_DIM, batch_norm=False)
+
+        def make() -> nn.Module:
+            return M.DINOProjectionHead(feat, hid, out, DINO_OUT_DIM, batch_norm=False)
+
         criterion = L.DINOLoss(
             DINO_OUT_DIM, warmup_teacher_temp=DINO_TEACHER_TEMP, teacher_temp=DINO_TEACHER_TEMP
         )
-        return LightlyMomentum(backbone, [head], criterion, recipe.ema_momentum, dino=True)
+        return LightlyMomentum(backbone, [make()], make, criterion, recipe.ema_momentum, True)
     raise ValueError(f"no lightly model for {method!r}")
 
 
@@ -700,8 +718,11 @@ def print_methods_table(results: dict, methods: Sequence[str]) -> None:
         "\n| method | ours kNN | lightly kNN | ours linear | lightly linear | ours s | lightly s |"
     )
     print("|---|---|---|---|---|---|---|")
-    for m in methods:
-        o, t = results[m]["ours"], results[m].get("lightly", {})
+    rows = [(m, results[m]["ours"], results[m].get("lightly", {})) for m in methods]
+    if "dino" in methods:
+        r = results["dino"]
+        rows.append(("dino student", r["ours-student"], r.get("lightly-student", {})))
+    for m, o, t in rows:
 
         def cell(r: dict, key: str, fmt: str) -> str:
             return format(r[key], fmt) if key in r else "-"

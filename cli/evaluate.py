@@ -33,7 +33,8 @@ C = EvaluateConfig
     C,
     "out",
     type=click.Path(dir_okay=False),
-    help="metrics.json path (default: inside the finetune run); scores.npz goes beside it.",
+    help="metrics.json path (default: inside the finetune run); scores.npz and examples.npz go "
+    "beside it. The three files are replaced together, or not at all.",
 )
 @field_option(C, "n_bootstrap", help="Bootstrap resamples for the confidence intervals (0: none).")
 @field_option(C, "ci_level")

@@ -65,7 +65,13 @@ C = FinetuneConfig
     "min_val_per_class",
     help="Fewer validation images than this in a class: no validation split, fixed schedule.",
 )
-@field_option(C, "out", type=click.Path(file_okay=False))
+@field_option(
+    C,
+    "out",
+    type=click.Path(file_okay=False),
+    help="Run folder. An existing finetune run there is replaced whole once the new run has "
+    "succeeded (a failed run leaves it untouched); a folder holding anything else is refused.",
+)
 @field_option(C, "epochs")
 @field_option(
     C,

@@ -23,7 +23,7 @@ from torch import nn
 from .backbones import backbone_state_dict_for_torchvision, build_backbone
 from .errors import CheckpointError
 from .io import atomic_output
-from .runs import BACKBONE_FILE, read_run_config
+from .runs import BACKBONE_FILE, read_backbone_spec, read_run_config
 
 CHECKPOINT_FORMAT = "deeplense_ssl.pretrain_checkpoint.v2"
 """Format of the pretraining checkpoints written now: the method's whole ``state_dict``."""
@@ -111,6 +111,8 @@ def capture_rng_state() -> dict[str, Any]:
         "python": {...}}``, safe for ``weights_only=True`` loading.
     """
     np_state = np.random.get_state()  # noqa: NPY002 (legacy global state is what we restore)
+    # the global RandomState is MT19937: (name, keys, pos, has_gauss, cached_gaussian)
+    assert isinstance(np_state, tuple)
     py_version, py_internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -181,7 +183,7 @@ def load_pretrained_backbone(
     """
     run_dir = Path(run_dir)
     meta = read_run_config(run_dir)
-    spec = meta["backbone_spec"]
+    spec = read_backbone_spec(run_dir)
     weights = run_dir / BACKBONE_FILE
     if not weights.is_file():
         raise CheckpointError(

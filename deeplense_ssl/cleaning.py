@@ -307,14 +307,14 @@ def apply_nan_policy(
     if len(touched) == 0:
         return images, all_idx, report
     if policy == "raise":
-        i = int(touched[0])
-        where = sources[i] if sources is not None else path
+        first = int(touched[0])
+        where = sources[first] if sources is not None else path
         raise DataError(
-            f"{int(counts[i])} non-finite pixels (NaN/inf) ({len(touched)} image(s) affected in "
-            "this block); choose a NaN policy: nan_policy / --nan-policy zero, median, "
+            f"{int(counts[first])} non-finite pixels (NaN/inf) ({len(touched)} image(s) affected "
+            "in this block); choose a NaN policy: nan_policy / --nan-policy zero, median, "
             "interpolate or drop.",
             where,
-            None if sources is not None else start + i,
+            None if sources is not None else start + first,
         )
     if policy == "drop":
         kept = np.flatnonzero(counts == 0).astype(np.int64)
@@ -484,6 +484,7 @@ def normalize_images(
     _refuse_nonfinite_input(lo, hi, path, start)
     factor = _shrink_extreme(out, lo, hi)
     if method == "zscore-dataset":
+        assert stats is not None  # refused above when missing
         mean = np.asarray(stats.mean, np.float64)[None, :, None, None] * factor
         std = np.asarray(stats.std, np.float64)[None, :, None, None] * factor
         with np.errstate(over="ignore", invalid="ignore"):  # checked just below

@@ -105,7 +105,8 @@ def check_fields(cfg: Any, origin: Mapping[str, str] | None = None) -> None:
         ConfigError: the first wrong field, e.g. ``c.yaml: epochs must be an integer, got 'ten'
             (str).``
     """
-    hints = _type_hints(type(cfg))
+    cls: type = type(cfg)
+    hints = _type_hints(cls)
     for f in fields(cfg):
         try:
             _check_value(f.name, getattr(cfg, f.name), hints[f.name], f.metadata)
@@ -196,13 +197,12 @@ def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
         return
     low = f"> {gt}" if gt is not None else f">= {ge}" if ge is not None else None
     high = f"< {lt}" if lt is not None else f"<= {_fmt_bound(le)}" if le is not None else None
+    bound: str | None = low or high  # one of them is set: a bound failed above
     if low and high:
         bound = (
             f"in {'(' if gt is not None else '['}{gt if gt is not None else ge}, "
             f"{lt if lt is not None else _fmt_bound(le)}{')' if lt is not None else ']'}"
         )
-    else:
-        bound = low or high
     raise ConfigError(f"{name} must be {bound}, got {value}.")
 
 

@@ -226,7 +226,7 @@ def _fold_standardisation(head: nn.Module, mean: torch.Tensor, std: torch.Tensor
     first = next(m for m in head.modules() if isinstance(m, nn.Linear))
     with torch.no_grad():
         w = first.weight / std
-        first.bias -= w @ mean
+        first.bias.sub_(w @ mean)
         first.weight.copy_(w)
 
 
@@ -351,8 +351,11 @@ def train_probe(
     std = train_feats.std(0).clamp_min(1e-6) if len(train_feats) > 1 else torch.ones_like(mean)
     xt = ((train_feats - mean) / std).to(device)
     yt = train_labels.to(device)
-    if not fixed:
+    xv: torch.Tensor | None = None
+    yv: torch.Tensor | None = None
+    if val_feats is not None and val_labels is not None:  # i.e. not fixed
         xv = ((val_feats.float().cpu() - mean) / std).to(device)
+        yv = val_labels.cpu()
     per_epoch = steps_per_epoch(len(xt), batch_size)
     epochs = budget_epochs(epochs, per_epoch, min_steps)
     head.to(device)
@@ -372,11 +375,11 @@ def train_probe(
             "train_acc": correct / len(xt),
             "lr": opt.param_groups[0]["lr"],
         }
-        if not fixed:
+        if xv is not None and yv is not None:  # i.e. not fixed
             head.eval()
             with torch.no_grad():
                 val_logits = head(xv).float().cpu()
-            row.update(_val_metrics(val_logits, val_labels.cpu(), class_names))
+            row.update(_val_metrics(val_logits, yv, class_names))
         history.append(row)
         best, best_state = _keep(row, best, best_state, head, fixed)
     if best_state is not None:
@@ -492,7 +495,7 @@ def train_end_to_end(
             "lr": opt.param_groups[1]["lr"],
             "backbone_lr": opt.param_groups[0]["lr"],
         }
-        if not fixed:
+        if val_images is not None and val_labels is not None:  # i.e. not fixed
             val_logits = predict_logits(model, val_images, batch_size=batch_size, device=device)
             row.update(_val_metrics(val_logits, val_labels, class_names))
         history.append(row)
@@ -525,7 +528,7 @@ def _resolve_backbone(cfg: FinetuneConfig, data_chans: int | None) -> tuple[nn.M
         "backbone": cfg.backbone,
         "stem": cfg.stem,
         "in_chans": data_chans,
-        "feature_dim": int(backbone.feature_dim),
+        "feature_dim": int(getattr(backbone, "feature_dim")),  # noqa: B009 (a Module attr)
         "normalize": None,
         "image_size": None,
     }

@@ -24,7 +24,7 @@ from .backbones import build_backbone
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError
 from .heads import LinearHead, MLPHead
-from .runs import BACKBONE_FILE, MODEL_FILE, MODEL_FORMAT
+from .runs import BACKBONE_FILE, MODEL_FILE, MODEL_FORMAT, check_model_state
 
 T = TypeVar("T")
 
@@ -232,6 +232,7 @@ def _read_model_file(run_dir: Path, map_location: str | torch.device) -> dict[st
     state = load_checkpoint(path, map_location, expect_format=False)
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise CheckpointError(f"{path}: not a deeplense_ssl finetune model ({MODEL_FORMAT}).")
+    check_model_state(state, path)
     return state
 
 

@@ -268,7 +268,8 @@ def _write_failure(exc: BaseException, target: Path, tmp: Path) -> OutputError |
     )
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
+def _one_line(exc: object, limit: int = 200) -> str:
+    """``str(exc)`` (an exception or any text) on one line, cut to ``limit`` characters."""
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -727,6 +728,7 @@ class HDF5Writer:
                 self._finish()
                 self._file.close()
                 self._check_io()
+                assert self._fh is not None  # opened by __enter__, which succeeded
                 self._fh.close()
         except BaseException as err:
             self._abort(err)
@@ -741,7 +743,7 @@ class HDF5Writer:
                 f[name].resize(self.n, axis=0)
             for ds in f.get("params", {}).values():
                 ds.resize(self.n, axis=0)
-        attrs = {
+        attrs: dict[str, str | int | float] = {
             "format": HDF5_FORMAT,
             "class_names": json.dumps([_storable(c) for c in self.class_names]),
             "deeplense_ssl_version": __version__,
@@ -861,8 +863,16 @@ class Source:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def read_block(self, start: int, stop: int) -> tuple[Any, dict[str, np.ndarray]]:
+    def read_block(
+        self, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[Any, dict[str, np.ndarray]]:
         """Read images ``start:stop`` as stored.
+
+        Args:
+            start: first image index.
+            stop: one past the last image index.
+            out: a float32 buffer for the ``stop - start`` images, which a ``stacked`` source
+                may read into (and return) instead of allocating; other sources ignore it.
 
         Returns:
             (images, params): a list of arrays (or one stacked ndarray when ``stacked``) and
@@ -908,7 +918,10 @@ class _FileListSource(Source):
         names = [_relative(f, root) for f in files]
         super().__init__(path, kind, labels, class_names, names, meta)
 
-    def read_block(self, start: int, stop: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    def read_block(
+        self, start: int, stop: int, out: np.ndarray | None = None
+    ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """Read files ``start:stop`` as a list of arrays (``out`` is not used)."""
         images = []
         masses = np.full(stop - start, np.nan)
         for j, file in enumerate(self.files[start:stop]):
@@ -1230,14 +1243,15 @@ def _open_folder(path: Path, allow_pickle: bool, labels_csv: Any, label_pattern:
                 "labels_csv / label_pattern or point to a flat folder.",
                 path,
             )
-        files, labels = [], []
+        files: list[Path] = []
+        folder_labels: list[int] = []
         names = [d.name for d in class_dirs]
         for k, d in enumerate(class_dirs):
             found = sorted(p for p in d.iterdir() if _is_image_file(p))
             files.extend(found)
-            labels.extend([k] * len(found))
+            folder_labels.extend([k] * len(found))
         return _FileListSource(
-            path, "folder", files, np.array(labels, np.int64), names, allow_pickle
+            path, "folder", files, np.array(folder_labels, np.int64), names, allow_pickle
         )
     if class_dirs and loose:
         raise DataError(

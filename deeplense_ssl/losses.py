@@ -176,14 +176,14 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(ctx, x: Tensor) -> tuple[Tensor, ...]:
         group = torch.distributed.group.WORLD
         out = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size(group))]
         torch.distributed.all_gather(out, x, group=group)
         return tuple(out)
 
     @staticmethod
-    def backward(ctx, *grads: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, *grads: Tensor) -> Tensor:
         group = torch.distributed.group.WORLD
         stacked = torch.stack([g.contiguous() for g in grads])
         torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.SUM, group=group)

@@ -180,6 +180,11 @@ def plot_loss_curve(run_dir: str | Path) -> Path:
     return save_png(fig, Path(run_dir) / LOSS_CURVE_FILE, dpi=100)
 
 
+def _column(records: list[dict[str, Any]], key: str) -> list[Any]:
+    """``records[i].get(key)`` for every record (None where a record lacks ``key``)."""
+    return [r.get(key) for r in records]
+
+
 def draw_finetune_history(
     ax_loss: Axes, ax_val: Axes, history: list[dict[str, Any]], best_epoch: int | None
 ) -> None:
@@ -192,14 +197,14 @@ def draw_finetune_history(
             ``val_loss``, ``val_auc_macro``, ``val_acc``).
         best_epoch: the epoch whose weights were kept (a dashed line), or None.
     """
-    ep = [r.get("epoch") for r in history]
-    ax_loss.plot(ep, [r.get("train_loss") for r in history], "o-", ms=3, label="train")
-    ax_loss.plot(ep, [r.get("val_loss") for r in history], "o-", ms=3, label="validation")
+    ep = _column(history, "epoch")
+    ax_loss.plot(ep, _column(history, "train_loss"), "o-", ms=3, label="train")
+    ax_loss.plot(ep, _column(history, "val_loss"), "o-", ms=3, label="validation")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="fine-tuning loss")
     ax_loss.legend(fontsize=8)
     auc = [np.nan if r.get("val_auc_macro") is None else r["val_auc_macro"] for r in history]
     ax_val.plot(ep, auc, "o-", ms=3, label="val macro AUC")
-    ax_val.plot(ep, [r.get("val_acc") for r in history], "o-", ms=3, label="val accuracy")
+    ax_val.plot(ep, _column(history, "val_acc"), "o-", ms=3, label="val accuracy")
     if best_epoch:
         ax_val.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"kept (epoch {best_epoch})")
     ax_val.set(xlabel="epoch", ylim=(0, 1.02), title="fine-tuning validation")
@@ -400,7 +405,7 @@ def _retrieval_queries(labels: np.ndarray) -> list[int]:
     while len(order) < min(RETRIEVAL_MAX_QUERIES, len(labels)):
         for lst in by_class:
             if lst and len(order) < RETRIEVAL_MAX_QUERIES:
-                order.append(lst.pop(0))
+                order.append(int(lst.pop(0)))
     return order
 
 

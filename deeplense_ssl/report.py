@@ -139,12 +139,26 @@ def read_run(path: str | Path) -> RunRecord:
         metrics_path=metrics_path,
         metrics=metrics,
         run_config=run_config,
-        history=read_metrics(run_dir),
+        history=_plottable(read_metrics(run_dir)),
         val_metrics=read_val_metrics(val_path) if val_path.is_file() else None,
         pretrain_history=read_metrics(pre["run"]) if pre.get("run") else [],
         scores_path=scores_path,
         examples_path=examples_path if examples_path.is_file() else None,
     )
+
+
+HISTORY_KEYS = ("train_loss", "val_loss", "val_auc_macro", "val_acc")
+
+
+def _plottable(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The finetune ``metrics.jsonl`` records that can be drawn: an integer epoch and numbers
+    (or nothing) for :data:`HISTORY_KEYS`; other lines of a damaged file are left out."""
+    return [
+        r
+        for r in history
+        if isinstance(r.get("epoch"), int)
+        and all(r.get(k) is None or _num(r.get(k)) is not None for k in HISTORY_KEYS)
+    ]
 
 
 def run_summary(run: RunRecord) -> dict[str, Any]:

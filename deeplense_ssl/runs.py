@@ -51,7 +51,8 @@ Consistency: a folder or file group always holds one whole run, never a mix of t
 * ``evaluate`` (metrics + ``scores.npz`` + ``examples.npz``) and ``report`` (HTML + its
   ``metrics.json``) publish their files together (:func:`write_together`).
 * ``pretrain`` keeps its resumable folder (``checkpoint.pt`` is replaced atomically; the data
-  fingerprint in ``config.json`` / ``checkpoint.pt`` refuses a resume on changed data).
+  fingerprint in ``config.json`` / ``checkpoint.pt`` refuses a resume on changed data; a folder
+  whose ``config.json`` is not a pretrain run's is refused).
 
 Reading: :func:`read_json` (with required / optional entries and their types),
 :func:`read_eval_metrics`, :func:`read_finetune_config`, :func:`read_val_metrics` and
@@ -377,6 +378,30 @@ def read_backbone_spec(run_dir: str | Path) -> dict[str, Any]:
     spec = read_run_config(run_dir)["backbone_spec"]
     check_entries(spec, Path(run_dir) / CONFIG_FILE, "backbone_spec", BACKBONE_SPEC_ENTRIES)
     return spec
+
+
+MODEL_SPEC_ENTRIES: Entries = {
+    "backbone": str,
+    "stem": str,
+    "in_chans": int,
+    "feature_dim": int,
+    "head_kind": str,
+    "mlp_hidden_dim": int,
+    "class_names": list,
+    "normalize": str,
+}
+"""What the ``spec`` of a finetune ``model.pt`` must hold to rebuild the model."""
+
+
+def check_model_state(state: Mapping[str, Any], path: str | Path) -> None:
+    """Check a loaded finetune ``model.pt`` (format :data:`MODEL_FORMAT`) before it is used.
+
+    Raises:
+        CheckpointError: a missing or wrongly typed ``spec`` / state entry (named).
+    """
+    what = "model file"
+    check_entries(state, path, what, {"spec": dict, "backbone_state": dict, "head_state": dict})
+    check_entries(state["spec"], path, "model spec", MODEL_SPEC_ENTRIES)
 
 
 # --------------------------------------------------------------------------------------------
@@ -715,12 +740,18 @@ def check_replaceable(out: str | Path, kind: str) -> None:
     before the work starts, so that a wrong ``--out`` fails in a second, not after training.
 
     Raises:
-        CheckpointError: ``out`` is a file, a run of another kind, or holds other files (the
-            first few are named).
+        CheckpointError: ``out`` is a file, a run of another kind, holds other files (the
+            first few are named), or is (or holds) the current folder.
     """
     out = Path(out)
     if not out.exists():
         return
+    cwd = Path.cwd().resolve()
+    if out.resolve() == cwd or out.resolve() in cwd.parents:
+        raise CheckpointError(
+            f"{out} is the current folder (or holds it); a new run replaces its folder whole: "
+            "choose a sub-folder as --out."
+        )
     if not out.is_dir():
         raise CheckpointError(f"{out} is a file, not a run folder; choose another --out.")
     try:
@@ -763,7 +794,7 @@ def staged_run_folder(out: str | Path, kind: str) -> Iterator[Path]:
         CheckpointError: ``out`` cannot be replaced (:func:`check_replaceable`).
         OutputError: the stage or the swap cannot be written (naming ``out``, never the stage).
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." and ".." have no name to stage beside
     out = out.resolve() if out.is_symlink() else out
     check_replaceable(out, kind)
     try:

@@ -34,12 +34,12 @@ import multiprocessing as mp
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from astropy import constants as const
@@ -123,12 +123,14 @@ class Instrument:
     @property
     def total_exposure_s(self) -> float:
         """Models II/III: co-added exposure time in seconds."""
-        return float(self.exposure_time_s * self.num_exposures)
+        exposure_time_s = _required(self.exposure_time_s, "exposure_time_s")
+        return float(exposure_time_s * _required(self.num_exposures, "num_exposures"))
 
     @property
     def sky_cps_per_pixel(self) -> float:
         """Models II/III: sky level in electrons per second per pixel."""
-        per_arcsec2 = 10 ** (-0.4 * (self.sky_brightness_mag_arcsec2 - self.zero_point_mag))
+        sky_mag = _required(self.sky_brightness_mag_arcsec2, "sky_brightness_mag_arcsec2")
+        per_arcsec2 = 10 ** (-0.4 * (sky_mag - _required(self.zero_point_mag, "zero_point_mag")))
         return float(per_arcsec2 * self.pixel_scale_arcsec**2)
 
     @property
@@ -138,8 +140,24 @@ class Instrument:
         sigma = sqrt(n_exp * read_noise**2 + t_tot * sky_per_pixel) / t_tot.
         """
         t_tot = self.total_exposure_s
-        var_e = self.num_exposures * self.read_noise_e**2 + t_tot * self.sky_cps_per_pixel
+        n_exp = _required(self.num_exposures, "num_exposures")
+        read_noise_e = _required(self.read_noise_e, "read_noise_e")
+        var_e = n_exp * read_noise_e**2 + t_tot * self.sky_cps_per_pixel
         return float(math.sqrt(var_e) / t_tot)
+
+
+_T = TypeVar("_T")
+
+
+def _required(value: _T | None, name: str) -> _T:
+    """``value``, an :class:`Instrument` field its noise model needs.
+
+    Raises:
+        TypeError: the field is None (the instrument's noise model does not use it).
+    """
+    if value is None:
+        raise TypeError(f"this instrument has no {name} (its noise model does not use it).")
+    return value
 
 
 INSTRUMENTS: dict[str, Instrument] = {
@@ -349,8 +367,8 @@ def lens_kwargs(scene: Scene) -> tuple[list[str], list[dict[str, float]]]:
         {"gamma1": SHEAR_GAMMA1, "gamma2": SHEAR_GAMMA2, "ra_0": 0.0, "dec_0": 0.0},
     ]
     if scene.label == 1:
-        theta = einstein_radius_arcsec(scene.subhalo_mass_msun)
-        for t, x, y in zip(theta, scene.subhalo_x_arcsec, scene.subhalo_y_arcsec, strict=True):
+        thetas = np.atleast_1d(einstein_radius_arcsec(scene.subhalo_mass_msun))
+        for t, x, y in zip(thetas, scene.subhalo_x_arcsec, scene.subhalo_y_arcsec, strict=True):
             names.append("POINT_MASS")
             kwargs.append({"theta_E": float(t), "center_x": float(x), "center_y": float(y)})
     elif scene.label == 2:
@@ -402,7 +420,9 @@ def source_amplitude(model: str) -> float:
         "center_y": 0.0,
     }
     flux_per_amp = float(LightModel(["SERSIC_ELLIPSE"]).total_flux([unit])[0])
-    cps = 10 ** (-0.4 * (inst.source_magnitude - inst.zero_point_mag))  # electrons per second
+    source_mag = _required(inst.source_magnitude, "source_magnitude")
+    zero_point = _required(inst.zero_point_mag, "zero_point_mag")
+    cps = 10 ** (-0.4 * (source_mag - zero_point))  # electrons per second
     return float(cps / flux_per_amp)
 
 
@@ -528,7 +548,8 @@ def observe(
     if inst.noise_model == "poisson_counts":
         if rng is None:
             return exposure_time_s * flux
-        background = rng.normal(0.0, inst.background_rms_cps, size=flux.shape)
+        background_rms = _required(inst.background_rms_cps, "background_rms_cps")
+        background = rng.normal(0.0, background_rms, size=flux.shape)
         lam = exposure_time_s * np.clip(flux + background, 0.0, None)
         return rng.poisson(lam).astype(np.float64)
     if rng is None:
@@ -749,7 +770,7 @@ def _simulate_blocks(
     render: tuple[bool, int],
     workers: int,
     progress: bool,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[Scene]]]:
+) -> Generator[tuple[int, np.ndarray, np.ndarray, list[Scene]], None, None]:
     """Yield ``(start, images (B, 1, H, W) float32, labels (B,), scenes)`` in image order."""
     workers = min(workers, _cpu_count())
     bar = _progress_bar(n, model, progress)

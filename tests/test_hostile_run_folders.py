@@ -424,3 +424,31 @@ def test_read_only_folder_names_the_target_file(evaluated, read_only, capsys):
         line = _one_line(err)
         assert code == 1 and f"cannot write {target}" in line and ".tmp" not in line
         assert "read-only or not writable" in line
+
+
+def test_incomplete_backbone_spec_and_model_spec_are_named_errors(tmp_path):
+    import json as _json
+
+    import torch as _torch
+
+    from deeplense_ssl.checkpoint import load_pretrained_backbone
+    from deeplense_ssl.errors import CheckpointError
+    from deeplense_ssl.inference import load_finetuned
+    from deeplense_ssl.runs import MODEL_FORMAT
+
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    spec = {"name": "resnet18", "stem": "small", "feature_dim": 512}  # no in_chans
+    (pre / "config.json").write_text(
+        _json.dumps(
+            {"kind": "pretrain", "deeplense_ssl_version": "0", "config": {}, "backbone_spec": spec}
+        )  # fmt: skip
+    )
+    with pytest.raises(CheckpointError, match=r"config\.json.*in_chans"):
+        load_pretrained_backbone(pre)
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    _torch.save({"format": MODEL_FORMAT, "spec": {}, "backbone_state": {}, "head_state": {}},
+                ft / "model.pt")  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"model\.pt"):
+        load_finetuned(ft)

@@ -418,3 +418,27 @@ def test_write_together_removes_the_marker_before_replacing_the_others(tmp_path,
     # no marker: the group reads as "not written" (never new scores under an old metrics file)
     assert not m.exists() and s.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_model_state_check_names_the_missing_spec_entry(tmp_path):
+    spec = {"backbone": "resnet18", "stem": "small", "in_chans": 1, "feature_dim": 512}
+    spec.update(head_kind="linear", mlp_hidden_dim=0, class_names=["a", "b"], normalize="minmax")
+    state = {"spec": spec, "backbone_state": {}, "head_state": {}}
+    runs.check_model_state(state, tmp_path / "model.pt")
+    del spec["in_chans"]
+    with pytest.raises(CheckpointError, match=r"model\.pt: model spec has no 'in_chans' entry"):
+        runs.check_model_state(state, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match=r"model\.pt: model file has no 'head_state'"):
+        runs.check_model_state({"spec": spec, "backbone_state": {}}, tmp_path / "model.pt")
+
+
+def test_the_current_folder_is_never_swapped_away(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work / "sub")
+    for out in (".", "..", str(work)):
+        with pytest.raises(CheckpointError, match=r"is the current folder \(or holds it\)"):
+            runs.check_replaceable(out, runs.FINETUNE_KIND)
+    with runs.staged_run_folder("../run", runs.FINETUNE_KIND) as stage:
+        _finetune_like(stage, "new")
+    assert (work / "run" / runs.MODEL_FILE).read_text() == "new" and Path.cwd() == work / "sub"

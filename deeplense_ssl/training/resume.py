@@ -56,12 +56,42 @@ def method_state(state: dict[str, Any], path: Path) -> dict[str, Tensor]:
     )
 
 
+RESUME_ENTRIES = {
+    "config": dict,
+    "resolved": dict,
+    "step": int,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "rng": list,
+    "metrics_bytes": int,
+}
+"""What a checkpoint must hold to resume (every known format)."""
+
+
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a pretraining checkpoint of any known format (``weights_only=True``)."""
+    """Load a pretraining checkpoint of any known format (``weights_only=True``).
+
+    Raises:
+        CheckpointError: unreadable, an unknown format, or an entry a resume needs missing or
+            of the wrong type (named).
+    """
     state = load_checkpoint(path, expect_format=False)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a deeplense_ssl pretrain checkpoint.")
     method_state(state, path)  # raises for unknown formats
+    for key, kind in RESUME_ENTRIES.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise CheckpointError(
+                f"{path}: checkpoint entry {key!r} is missing or not a {kind.__name__}; the file "
+                "is damaged or not a pretraining checkpoint: start a new run (another --out)."
+            )
+    missing = [k for k in MUST_MATCH_ON_RESUME if k not in state["resolved"]]
+    if missing:
+        raise CheckpointError(
+            f"{path}: checkpoint entry 'resolved' lacks {', '.join(missing)}; the file is "
+            "damaged: start a new run (another --out)."
+        )
     return state
 
 

@@ -7,6 +7,7 @@ before the fingerprint existed still resume.
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,31 @@ def test_cli_resume_on_changed_data_is_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     assert "the training data changed since the run started" in err
     assert "same size, different images or labels" in err
+
+
+def test_a_damaged_checkpoint_names_the_missing_entry(tmp_path):
+    data = _data(tmp_path / "d.npy")
+    run = tmp_path / "run"
+    training.pretrain(_cfg(run, data, max_steps=1), progress=False)
+    state = load_checkpoint(run / CHECKPOINT_FILE)
+    del state["optimizer"]
+    save_checkpoint(run / CHECKPOINT_FILE, state)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt: checkpoint entry 'optimizer'"):
+        training.pretrain(_cfg(run, data, resume=True), progress=False)
+    state["optimizer"] = {}
+    del state["resolved"]["n_train"]
+    save_checkpoint(run / CHECKPOINT_FILE, state)
+    with pytest.raises(CheckpointError, match=r"entry 'resolved' lacks n_train"):
+        training.pretrain(_cfg(run, data, resume=True), progress=False)
+
+
+@pytest.mark.parametrize("text", ['{"kind": "finetune"}', '{"name": "my project"}', "{torn"])
+def test_pretrain_never_overwrites_a_config_json_that_is_not_its_own(tmp_path, text):
+    data = _data(tmp_path / "d.npy")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / CONFIG_FILE).write_text(text)
+    for resume in (False, True):
+        with pytest.raises(CheckpointError, match=r"config\.json|not a pretrain run"):
+            training.pretrain(_cfg(out, data, resume=resume), progress=False)
+    assert (out / CONFIG_FILE).read_text() == text and sorted(os.listdir(out)) == [CONFIG_FILE]
