@@ -315,7 +315,10 @@ class PretrainConfig(DataOptions):
     # 1): the two views of each image come one from each file (simulation-informed positives)
     paired_data: str | None = None
     out: str = "runs/pretrain"
-    method: str = _field("simclr", choices=METHODS)
+    # the default lensing recipe: views that differ only by PSF-like blur and noise (no geometry,
+    # so the Einstein radius and positions are untouched); the best of the recipes screened on
+    # simulated Model II (benchmarks/RESULTS.md, "Recipe screen")
+    method: str = _field("contrastive-blur", choices=METHODS)
     backbone: str = _field("resnet18", choices=BACKBONE_NAMES)
     stem: str = _field("imagenet", choices=STEMS)
     epochs: int = _field(10, gt=0)

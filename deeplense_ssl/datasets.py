@@ -131,8 +131,8 @@ class ImageSet:
                 if exc.index is None:
                     raise
                 index = self.meta.get("source_index", np.arange(len(self)))[exc.index]
-                folder = self.meta.get("kind") in ("folder", "flat-folder") and path
-                file = Path(path) / self.sources[exc.index] if folder else None
+                folder = self.meta.get("kind") in ("folder", "flat-folder") and path is not None
+                file = Path(path) / self.sources[exc.index] if folder and path else None
                 raise _located(exc, path, index, file) from exc
         self.meta["norm_stats"] = stats.to_dict()
         self.meta["normalize_pending"] = False

@@ -945,8 +945,9 @@ def npz_writer(arrays: Mapping[str, np.ndarray]) -> Writer:
     """A :data:`Writer` of ``arrays`` as a compressed ``.npz`` (no pickles: plain arrays)."""
 
     def write(path: Path) -> None:
+        named: dict[str, Any] = dict(arrays)
         with open(path, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, **named)
 
     return write
 

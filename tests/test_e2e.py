@@ -66,10 +66,11 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     logs: list[str] = []
     report = run_demo(tmp_path, device="cpu", plan=plan, progress=False, log=logs.append)
     assert report.exists()
-    for name in ["simclr-linear-f1", "random-linear-f1", "scratch-full-f1"]:
+    for name in [f"{plan.method}-linear-f1", "random-linear-f1", "scratch-full-f1"]:
         assert (tmp_path / "runs" / name / "metrics.json").exists(), name
-    stamp = (tmp_path / "runs" / "pretrain-simclr" / "backbone.pt").stat().st_mtime_ns
+    pre = tmp_path / "runs" / f"pretrain-{plan.method}"
+    stamp = (pre / "backbone.pt").stat().st_mtime_ns
     logs.clear()
     run_demo(tmp_path, device="cpu", plan=plan, progress=False, log=logs.append)
     assert any("skipping pretraining" in line for line in logs)
-    assert (tmp_path / "runs" / "pretrain-simclr" / "backbone.pt").stat().st_mtime_ns == stamp
+    assert (pre / "backbone.pt").stat().st_mtime_ns == stamp

@@ -198,6 +198,7 @@ def make_plan(
     total_steps = cfg.epochs * steps_per_epoch
     stop_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    assert cfg.base_lr is not None and cfg.optimizer is not None  # filled by cfg.validate()
     lr = cfg.lr if cfg.lr is not None else cfg.base_lr * global_batch / 256
     amp = resolve_amp_dtype(cfg.amp, info.device)
     resolved = {
@@ -285,6 +286,7 @@ def build(
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     method.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]
+    assert cfg.optimizer is not None  # filled by cfg.validate() from the method's default
     optimizer = build_optimizer(
         cfg.optimizer, method, plan.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
     )
