@@ -31,8 +31,8 @@ identically, with a random-init baseline once.
 Usage (data in the official ``cifar-10-batches-py`` layout; the reader never unpickles code)::
 
     python benchmarks/cifar10_sanity.py --data-dir ../shared/data/cifar-10-subset --setting quick
-    python benchmarks/cifar10_sanity.py --data-dir ../shared/data/cifar-10-subset --setting quick \
-        --methods simclr,byol,simsiam,vicreg,barlow-twins,dino --skip-supervised \
+    python benchmarks/cifar10_sanity.py --data-dir ../shared/data/cifar-10-subset --setting quick \\
+        --methods simclr,byol,simsiam,vicreg,barlow-twins,dino --skip-supervised \\
         --out benchmarks/results/cifar10_methods_quick_cpu.json
     python benchmarks/cifar10_sanity.py --data-dir ~/data/cifar10 --download --setting full  # GPU
 """

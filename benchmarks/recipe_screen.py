@@ -192,25 +192,18 @@ def main(argv: list[str] | None = None) -> None:
         args.image_size,
     )
     data = load_dataset(labelled, normalize="minmax", progress=False)
-    rows = []
+    cmd = " ".join([Path(sys.executable).name, *sys.argv])
     for name in args.variants:
         t0 = time.perf_counter()
         backbone = pretrained_backbone(name, args, unlabelled)
-        row = {
-            "variant": name,
-            "model": args.model,
-            "seed": args.seed,
-            "epochs": args.epochs,
-            "stem": args.stem,
-            **probe_scores(features(backbone, data.images), data.labels, args.seed),
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
-        rows.append(row)
+        scores = probe_scores(features(backbone, data.images), data.labels, args.seed)
+        row = {"variant": name, "model": args.model, "seed": args.seed, "epochs": args.epochs,
+               "stem": args.stem, **scores, "seconds": round(time.perf_counter() - t0, 1),
+               "command": cmd}  # fmt: skip
         print(json.dumps(row), flush=True)
-    if args.out:
-        old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
-        cmd = " ".join([Path(sys.executable).name, *sys.argv])
-        write_text_atomic(args.out, json.dumps(old + [{"command": cmd, "rows": rows}], indent=1))
+        if args.out:  # one row at a time: an interrupted screen keeps what it measured
+            old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
+            write_text_atomic(args.out, json.dumps(old + [row], indent=1))
 
 
 if __name__ == "__main__":
