@@ -22,15 +22,15 @@ from .options import device_option, field_option, seed_option
 @field_option(
     PretrainConfig,
     "method",
-    help="Self-supervised method to pretrain (contrastive-blur was the strongest in "
-    "benchmarks/RESULTS.md).",
+    help="Self-supervised method to pretrain (default: the package's default recipe, "
+    "contrastive-blur, the strongest in benchmarks/RESULTS.md).",
 )
 @click.option("--quick", is_flag=True, help="Tiny smoke-test sizes (seconds; numbers meaningless).")
 @device_option(PretrainConfig)
 @seed_option(PretrainConfig)
 def command(out: str, method: str, quick: bool, device: str, seed: int) -> None:
-    """Simulate, pretrain (SimCLR by default), fine-tune a linear probe and the baselines,
-    evaluate, report.
+    """Simulate, pretrain (the default lensing recipe unless --method), fine-tune a linear probe
+    and the baselines, evaluate, report.
 
     Re-running continues where a previous run stopped (finished stages are skipped).
     """
