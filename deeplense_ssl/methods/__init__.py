@@ -12,7 +12,7 @@ import pkgutil
 from collections.abc import Sequence
 
 from ..transforms import ViewAugmenter
-from .base import Method, MethodSettings, get_method, method_names, register
+from .base import Method, MethodSettings, ViewOptions, get_method, method_names, register
 
 for _module in pkgutil.iter_modules(__path__):  # every file of this package registers its methods
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -35,9 +35,8 @@ def build_view_transform(
     Raises:
         ConfigError: unknown method or preset.
     """
-    return get_method(method).view_transform(
-        in_chans, image_size, augment=augment, blur_sigmas_px=blur_sigmas_px, noise_std=noise_std
-    )
+    views = ViewOptions(augment, tuple(float(s) for s in blur_sigmas_px), float(noise_std))
+    return get_method(method).view_transform(in_chans, image_size, views)
 
 
 __all__ = [

@@ -19,12 +19,14 @@ method is one file in this package: subclass :class:`Method`, decorate it with
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..heads import ProjectionHead
 from ..transforms import ViewAugmenter
 
 
@@ -77,6 +79,15 @@ class MethodSettings(Protocol):
     def teacher_temperature(self) -> float: ...
 
 
+@dataclass(frozen=True)
+class ViewOptions:
+    """The settings a view transform may read (from the config; see each ``view_transform``)."""
+
+    augment: str = "lensing"
+    blur_sigmas_px: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)
+    noise_std: float = 0.1
+
+
 class Method(nn.Module):
     """Base class of self-supervised methods (see the module docstring for the contract).
 
@@ -110,14 +121,10 @@ class Method(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = int(getattr(backbone, "feature_dim"))  # noqa: B009 (a Module attr)
-        self.transform = self.view_transform(
-            in_chans,
-            image_size,
-            augment=cfg.augment,
-            blur_sigmas_px=cfg.blur_sigmas_px,
-            noise_std=cfg.noise_std,
-        )
+        views = ViewOptions(cfg.augment, tuple(cfg.blur_sigmas_px), cfg.noise_std)
+        self.transform = self.view_transform(in_chans, image_size, views)
         self.distributed = distributed
+        self.build(cfg, in_chans, image_size)
 
     # ---- what a subclass provides
 
@@ -142,22 +149,24 @@ class Method(nn.Module):
                 f"{', '.join(n for n, c in _REGISTRY.items() if c.supports_pairs)}."
             )
 
+    def build(self, cfg: MethodSettings, in_chans: int, image_size: int) -> None:
+        """Create the method's heads, targets and losses (after the backbone and the view
+        transform exist; ``self.distributed`` is set). Default: nothing."""
+
+    def projection_head(self, cfg: MethodSettings) -> nn.Module:
+        """The config's projection MLP on the backbone features (``proj_*`` settings)."""
+        return ProjectionHead(
+            self.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, num_layers=cfg.proj_layers
+        )
+
     @classmethod
-    def view_transform(
-        cls,
-        in_chans: int,
-        image_size: int,
-        *,
-        augment: str = "lensing",
-        blur_sigmas_px: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
-        noise_std: float = 0.1,
-    ) -> ViewAugmenter:
+    def view_transform(cls, in_chans: int, image_size: int, views: ViewOptions) -> ViewAugmenter:
         """The per-view augmentation ``(B, C, H, W) -> (B, C, S, S)`` of this method.
 
         Default: the ``augment`` preset of :mod:`deeplense_ssl.transforms` (``lensing``:
         dihedral group, rotation, mild crops, flux scale, light blur and noise).
         """
-        return ViewAugmenter(augment, in_chans, image_size)
+        return ViewAugmenter(views.augment, in_chans, image_size)
 
     def make_inputs(self, x: Tensor) -> tuple[Any, Any]:
         """Batch -> ``(inputs, aux)``: network inputs and loss context.

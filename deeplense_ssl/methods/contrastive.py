@@ -16,16 +16,13 @@ negatives gathered from every rank under DDP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..heads import ProjectionHead
 from ..losses import NTXentLoss
 from ..transforms import ViewAugmenter
-from .base import Method, MethodSettings, chunked, register
+from .base import Method, MethodSettings, ViewOptions, chunked, register
 
 
 class _Contrastive(Method):
@@ -34,19 +31,9 @@ class _Contrastive(Method):
     supports_pairs = True
     head: nn.Module
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        cfg: MethodSettings,
-        in_chans: int,
-        image_size: int,
-        distributed: bool = False,
-    ) -> None:
-        super().__init__(backbone, cfg, in_chans, image_size, distributed)
-        self.head = ProjectionHead(
-            self.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, num_layers=cfg.proj_layers
-        )
-        self.criterion = NTXentLoss(cfg.temperature, gather_distributed=distributed)
+    def build(self, cfg: MethodSettings, in_chans: int, image_size: int) -> None:
+        self.head = self.projection_head(cfg)
+        self.criterion = NTXentLoss(cfg.temperature, gather_distributed=self.distributed)
         self.n_views = int(cfg.n_views)
 
     @classmethod
@@ -92,15 +79,7 @@ class ContrastiveRotation(_Contrastive):
     summary = "NT-Xent between views that differ only by a random rotation (DeepLense form)"
 
     @classmethod
-    def view_transform(
-        cls,
-        in_chans: int,
-        image_size: int,
-        *,
-        augment: str = "lensing",
-        blur_sigmas_px: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
-        noise_std: float = 0.1,
-    ) -> ViewAugmenter:
+    def view_transform(cls, in_chans: int, image_size: int, views: ViewOptions) -> ViewAugmenter:
         """Each view is the image rotated by an independent angle uniform in [-180, 180)
         degrees (continuous, bilinear, zero fill): two views differ only by a rotation."""
         return ViewAugmenter("none", in_chans, image_size, rotation_degrees=(-180.0, 180.0))
@@ -114,27 +93,20 @@ class ContrastiveBlur(_Contrastive):
     summary = "NT-Xent between views that differ only by Gaussian blur / noise (DeepLense form)"
 
     @classmethod
-    def view_transform(
-        cls,
-        in_chans: int,
-        image_size: int,
-        *,
-        augment: str = "lensing",
-        blur_sigmas_px: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
-        noise_std: float = 0.1,
-    ) -> ViewAugmenter:
+    def view_transform(cls, in_chans: int, image_size: int, views: ViewOptions) -> ViewAugmenter:
         """Each view is blurred with a sigma drawn from ``blur_sigmas_px`` (0 = none) and gets
         Gaussian noise of std ``noise_std`` (0: blur only); views differ only by blur and noise.
 
         Raises:
             ConfigError: negative ``noise_std``.
         """
+        noise_std = views.noise_std
         if noise_std < 0:
             raise ConfigError(f"noise_std must be >= 0, got {noise_std}.")
         return ViewAugmenter(
             "none",
             in_chans,
             image_size,
-            blur_levels_px=tuple(float(s) for s in blur_sigmas_px),
+            blur_levels_px=tuple(float(s) for s in views.blur_sigmas_px),
             noise_std=(float(noise_std), float(noise_std)) if noise_std > 0 else None,
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..heads import ProjectionHead
 from ..losses import BarlowTwinsLoss, VICRegLoss
 from .base import Method, MethodSettings, chunked, register
 
@@ -30,19 +29,9 @@ class _TwoViewProjection(Method):
     default_optimizer = "lars"  # plain SGD at lr 0.3 diverged (NaN within 10 steps) here
     default_base_lr = 0.3
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        cfg: MethodSettings,
-        in_chans: int,
-        image_size: int,
-        distributed: bool = False,
-    ) -> None:
-        super().__init__(backbone, cfg, in_chans, image_size, distributed)
-        self.projector = ProjectionHead(
-            self.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, num_layers=cfg.proj_layers
-        )
-        self.criterion = self.make_criterion(distributed)
+    def build(self, cfg: MethodSettings, in_chans: int, image_size: int) -> None:
+        self.projector = self.projection_head(cfg)
+        self.criterion = self.make_criterion(self.distributed)
 
     def make_criterion(self, distributed: bool) -> nn.Module:
         """The loss module ``loss(z_a, z_b)``."""
@@ -67,7 +56,7 @@ class VICReg(_TwoViewProjection):
     summary = "invariance + variance + covariance terms on two views' projections (VICReg)"
 
     def make_criterion(self, distributed: bool) -> nn.Module:
-        return VICRegLoss(gather_distributed=distributed)
+        return VICRegLoss(gather_distributed=self.distributed)
 
 
 @register
@@ -78,4 +67,4 @@ class BarlowTwins(_TwoViewProjection):
     summary = "cross-correlation of two views' projections driven to the identity (Barlow Twins)"
 
     def make_criterion(self, distributed: bool) -> nn.Module:
-        return BarlowTwinsLoss(gather_distributed=distributed)
+        return BarlowTwinsLoss(gather_distributed=self.distributed)

@@ -94,15 +94,7 @@ class DINO(Method):
         "--n-local-views native-scale local views (DINO)"
     )
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        cfg: MethodSettings,
-        in_chans: int,
-        image_size: int,
-        distributed: bool = False,
-    ) -> None:
-        super().__init__(backbone, cfg, in_chans, image_size, distributed)
+    def build(self, cfg: MethodSettings, in_chans: int, image_size: int) -> None:
         self.head = DINOHead(
             self.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.dino_out_dim
         )

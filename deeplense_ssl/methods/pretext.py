@@ -7,8 +7,6 @@ task gets its label-preserving augmentation, a linear head and cross entropy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -16,7 +14,7 @@ from ..errors import ConfigError
 from ..heads import LinearHead
 from ..pretext import blur_pretext, rotation_pretext
 from ..transforms import ViewAugmenter
-from .base import Method, MethodSettings, register
+from .base import Method, MethodSettings, ViewOptions, register
 
 
 class _Classification(Method):
@@ -45,27 +43,11 @@ class RotationPrediction(_Classification):
     name = "rotation"
     summary = "predict which of 0/90/180/270 degrees was applied (all four per image)"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        cfg: MethodSettings,
-        in_chans: int,
-        image_size: int,
-        distributed: bool = False,
-    ) -> None:
-        super().__init__(backbone, cfg, in_chans, image_size, distributed)
+    def build(self, cfg: MethodSettings, in_chans: int, image_size: int) -> None:
         self.head = LinearHead(self.feature_dim, 4)
 
     @classmethod
-    def view_transform(
-        cls,
-        in_chans: int,
-        image_size: int,
-        *,
-        augment: str = "lensing",
-        blur_sigmas_px: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
-        noise_std: float = 0.1,
-    ) -> ViewAugmenter:
+    def view_transform(cls, in_chans: int, image_size: int, views: ViewOptions) -> ViewAugmenter:
         """Left-right flips only: random rotations would corrupt the 0/90/180/270 labels."""
         return ViewAugmenter("none", in_chans, image_size, hflip_p=0.5)
 
@@ -80,15 +62,7 @@ class BlurPrediction(_Classification):
     name = "blur"
     summary = "predict which of K blur levels (--blur-sigmas-px) was applied"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        cfg: MethodSettings,
-        in_chans: int,
-        image_size: int,
-        distributed: bool = False,
-    ) -> None:
-        super().__init__(backbone, cfg, in_chans, image_size, distributed)
+    def build(self, cfg: MethodSettings, in_chans: int, image_size: int) -> None:
         self.sigmas = [float(s) for s in cfg.blur_sigmas_px]
         self.head = LinearHead(self.feature_dim, len(self.sigmas))
 
@@ -98,15 +72,7 @@ class BlurPrediction(_Classification):
             raise ConfigError("blur pretext needs at least two blur_sigmas_px levels.")
 
     @classmethod
-    def view_transform(
-        cls,
-        in_chans: int,
-        image_size: int,
-        *,
-        augment: str = "lensing",
-        blur_sigmas_px: Sequence[float] = (0.0, 1.0, 2.0, 3.0),
-        noise_std: float = 0.1,
-    ) -> ViewAugmenter:
+    def view_transform(cls, in_chans: int, image_size: int, views: ViewOptions) -> ViewAugmenter:
         """Dihedral elements only (exact, no interpolation smoothing): smoothing would corrupt
         the blur-level labels."""
         return ViewAugmenter("none", in_chans, image_size, dihedral=True)

@@ -17,7 +17,7 @@ Both use the ``augment`` preset for their two views and the projector sizes of t
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..heads import ProjectionHead
 from ..losses import NegativeCosineLoss
@@ -35,18 +35,8 @@ class _Predictive(Method):
 
     loss_form = "simsiam"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        cfg: MethodSettings,
-        in_chans: int,
-        image_size: int,
-        distributed: bool = False,
-    ) -> None:
-        super().__init__(backbone, cfg, in_chans, image_size, distributed)
-        self.projector = ProjectionHead(
-            self.feature_dim, cfg.proj_hidden_dim, cfg.proj_out_dim, num_layers=cfg.proj_layers
-        )
+    def build(self, cfg: MethodSettings, in_chans: int, image_size: int) -> None:
+        self.projector = self.projection_head(cfg)
         hidden = self.predictor_hidden(cfg.proj_hidden_dim)
         self.predictor = ProjectionHead(cfg.proj_out_dim, hidden, cfg.proj_out_dim, 2)
         self.criterion = NegativeCosineLoss(self.loss_form)
@@ -81,15 +71,8 @@ class BYOL(_Predictive):
     summary = "predict a momentum (EMA) target network's projection of the other view (BYOL)"
     loss_form = "byol"
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        cfg: MethodSettings,
-        in_chans: int,
-        image_size: int,
-        distributed: bool = False,
-    ) -> None:
-        super().__init__(backbone, cfg, in_chans, image_size, distributed)
+    def build(self, cfg: MethodSettings, in_chans: int, image_size: int) -> None:
+        super().build(cfg, in_chans, image_size)
         self.target_backbone = frozen_copy(self.backbone)
         self.target_projector = frozen_copy(self.projector)
         self.momentum_base = (
