@@ -21,8 +21,9 @@ method is trained twice, interleaved method by method in one process: ``ours``
 (``pretrain(PretrainConfig(method=...))``) and lightly's implementation of the same method
 (lightly's heads, losses, momentum helpers and transforms, assembled as in lightly's examples).
 Both sides share, per method (:data:`RECIPES`): the backbone and its initial weights, the data,
-batch, number of optimiser steps, SGD with the same parameter groups (no weight decay on
-biases and normalisation weights: ``optim.build_optimizer``), the peak learning rate, its
+batch, number of optimiser steps, our method's default optimiser (SGD or LARS) with the same
+parameter groups (no weight decay on biases and normalisation weights: ``optim.build_optimizer``,
+also for lightly's model), the peak learning rate, its
 one-epoch warm-up + cosine schedule, the projector widths and depth, the EMA momentum schedule
 and the view recipe (the ``cifar`` preset, i.e. lightly's ``SimCLRViewTransform`` without blur,
 for every method; see :data:`DIFFERENCES` for what still differs). Then every backbone is scored
@@ -31,9 +32,11 @@ identically, with a random-init baseline once.
 Usage (data in the official ``cifar-10-batches-py`` layout; the reader never unpickles code)::
 
     python benchmarks/cifar10_sanity.py --data-dir ../shared/data/cifar-10-subset --setting quick
-    python benchmarks/cifar10_sanity.py --data-dir ../shared/data/cifar-10-subset --setting quick \\
+    OMP_NUM_THREADS=2 python benchmarks/cifar10_sanity.py \\
+        --data-dir ../shared/data/cifar-10-subset \\
+        --setting quick --n-train 256 --epochs 2 --batch-size 128 --n-test 384 \\
         --methods simclr,byol,simsiam,vicreg,barlow-twins,dino --skip-supervised \\
-        --out benchmarks/results/cifar10_methods_quick_cpu.json
+        --work-dir /tmp/h8_runs --out benchmarks/results/cifar10_methods_quick_cpu.json
     python benchmarks/cifar10_sanity.py --data-dir ~/data/cifar10 --download --setting full  # GPU
 """
 
@@ -67,6 +70,7 @@ from deeplense_ssl.finetuning import train_probe
 from deeplense_ssl.heads import LinearHead
 from deeplense_ssl.inference import embed
 from deeplense_ssl.io import read_cifar10, write_text_atomic
+from deeplense_ssl.methods import get_method
 from deeplense_ssl.metrics import knn_predict
 from deeplense_ssl.optim import build_optimizer, warmup_cosine
 from deeplense_ssl.runs import CHECKPOINT_FILE
@@ -101,12 +105,14 @@ class Recipe:
     """What ours and lightly's run of one method share (``--methods`` mode).
 
     Attributes:
-        base_lr: SGD peak lr per 256 images (scaled by ``batch / 256``).
+        optimizer: ``sgd`` or ``lars`` (``optim.build_optimizer``, the same on both sides).
+        base_lr: peak lr per 256 images (scaled by ``batch / 256``).
         proj_layers: linear layers of the projector (ours ``proj_layers``; lightly's head is
             built with the same depth, or is fixed at it: SimSiam and Barlow Twins use 3).
         ema_momentum: EMA momentum of the target network at step 0 (cosine to 1 per step).
     """
 
+    optimizer: str
     base_lr: float
     proj_layers: int = 2
     ema_momentum: float | None = None
@@ -117,15 +123,22 @@ DINO_OUT_DIM = 1024  # K prototypes (PretrainConfig default; paper 65536)
 DINO_N_LOCAL = 4  # local views of 16 px, native scale (PretrainConfig default n_local_views)
 DINO_LOCAL_SIZE = IMAGE_SIZE // 2
 DINO_TEACHER_TEMP = 0.04
-# SimCLR keeps the quick run's recipe; the others use lightly's examples' SGD lr (0.06 at
-# batch 128 = 0.12 per 256) for BYOL/SimSiam/Barlow Twins, and the same for VICReg and DINO.
+
+
+def _recipe(method: str, **fields) -> Recipe:
+    """Our method's default optimiser and base lr (``Method.default_optimizer`` /
+    ``default_base_lr``: LARS for BYOL, VICReg, Barlow Twins and DINO), used by both sides."""
+    cls = get_method(method)
+    return Recipe(cls.default_optimizer, cls.default_base_lr, **fields)
+
+
 RECIPES: dict[str, Recipe] = {
-    "simclr": Recipe(BASE_LR),
-    "byol": Recipe(0.12, ema_momentum=0.99),
-    "simsiam": Recipe(0.12, proj_layers=3),
-    "vicreg": Recipe(0.12, proj_layers=3),
-    "barlow-twins": Recipe(0.12, proj_layers=3),
-    "dino": Recipe(0.12, ema_momentum=0.996),
+    "simclr": _recipe("simclr"),
+    "byol": _recipe("byol", ema_momentum=0.99),
+    "simsiam": _recipe("simsiam", proj_layers=3),
+    "vicreg": _recipe("vicreg", proj_layers=3),
+    "barlow-twins": _recipe("barlow-twins", proj_layers=3),
+    "dino": _recipe("dino", ema_momentum=0.996),
 }
 METHODS = tuple(RECIPES)
 DIFFERENCES: dict[str, str] = {
@@ -364,7 +377,9 @@ def lightly_pretrain(
     backbone = build_backbone("resnet18", in_chans=3, stem="cifar")
     model = lightly_model(method, backbone).to(device, memory_format=fmt)
     lr = peak_lr(RECIPES[method].base_lr, batch_size)
-    opt = build_optimizer("sgd", model, lr, weight_decay=WEIGHT_DECAY, momentum=0.9)
+    opt = build_optimizer(
+        RECIPES[method].optimizer, model, lr, weight_decay=WEIGHT_DECAY, momentum=0.9
+    )
     total, warmup = epochs * len(loader), max(1, len(loader))  # one warm-up epoch, like ours
     step, n_seen, losses, t0 = 0, 0, [], time.perf_counter()
     model.train()
@@ -426,7 +441,8 @@ def ours_pretrain(
     cfg = PretrainConfig(
         data="cifar10", out=str(out), method=method, backbone="resnet18", stem="cifar",
         augment="cifar", normalize="none", epochs=epochs, batch_size=batch_size,
-        base_lr=recipe.base_lr, weight_decay=WEIGHT_DECAY, temperature=TEMPERATURE,
+        optimizer=recipe.optimizer, base_lr=recipe.base_lr, weight_decay=WEIGHT_DECAY,
+        temperature=TEMPERATURE,
         proj_hidden_dim=PROJ_HIDDEN_DIM, proj_out_dim=PROJ_OUT_DIM, proj_layers=recipe.proj_layers,
         ema_momentum=recipe.ema_momentum, n_local_views=DINO_N_LOCAL,
         local_view_size=DINO_LOCAL_SIZE, dino_out_dim=DINO_OUT_DIM,

@@ -380,7 +380,7 @@ def save(s: Session, finished: bool) -> None:
 def finish(s: Session) -> None:
     """Write ``backbone.pt``, the final ``config.json`` and ``loss_curve.png`` (rank 0)."""
     if s.info.is_main:
-        backbone_state = backbone_state_dict_for_torchvision(s.method.backbone)
+        backbone_state = backbone_state_dict_for_torchvision(s.method.export_backbone())
         save_checkpoint(s.run_dir / BACKBONE_FILE, backbone_state)
         final = {
             **s.plan.resolved,

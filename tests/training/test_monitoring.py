@@ -67,3 +67,24 @@ def test_pretrain_logs_the_collapse_measures_every_epoch(tmp_path):
         dataset=images,
     )
     assert all("rankme" not in r for r in read_metrics(off))
+
+
+def test_backbone_file_holds_the_exported_backbone_dino_teacher(tmp_path):
+    """backbone.pt is what downstream tasks load: DINO's teacher, not its student."""
+    from deeplense_ssl.checkpoint import load_checkpoint, load_pretrained_backbone
+
+    cfg = PretrainConfig(out=str(tmp_path / "run"), stem="small", batch_size=4, epochs=1,
+                         proj_hidden_dim=16, proj_out_dim=8, device="cpu", method="dino",
+                         dino_out_dim=32, n_local_views=1)  # fmt: skip
+    images = np.random.default_rng(0).random((8, 1, 16, 16), dtype=np.float32)
+    run = training.pretrain(cfg, progress=False, dataset=images)
+    state = load_checkpoint(run / "checkpoint.pt")["method"]
+    backbone, _ = load_pretrained_backbone(run)
+    loaded = backbone.state_dict()
+    teacher = {k.removeprefix("teacher_backbone."): v for k, v in state.items()
+               if k.startswith("teacher_backbone.")}  # fmt: skip
+    student = {
+        k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
+    }
+    assert all(torch.equal(loaded[k], teacher[k]) for k in loaded)
+    assert not all(torch.equal(loaded[k], student[k]) for k in loaded)
