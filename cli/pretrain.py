@@ -12,7 +12,7 @@ import os
 import click
 
 from deeplense_ssl.config import PretrainConfig, config_from_sources, field_spec
-from deeplense_ssl.methods import get_method
+from deeplense_ssl.methods import METHOD_NAMES, get_method
 
 from .options import (
     allow_pickle_option,
@@ -27,6 +27,12 @@ from .options import (
 )
 
 C = PretrainConfig
+
+
+def _method_defaults(what: str) -> str:
+    """``name value`` of every method's default optimiser / base learning rate (the registry)."""
+    attr = f"default_{what}"
+    return ", ".join(f"{n} {getattr(get_method(n), attr)}" for n in METHOD_NAMES)
 
 
 def _method_help() -> str:
@@ -65,13 +71,13 @@ def _method_help() -> str:
     help="Continue the run in --out from its checkpoint (same config; epochs/max-steps may "
     "change).",
 )
-@field_option(C, "optimizer")
+@field_option(C, "optimizer", help=f"Default: the method's ({_method_defaults('optimizer')}).")
 @field_option(
     C,
     "lr",
     help="Peak learning rate (default: --base-lr x global batch / 256; set ~1e-3 for adamw).",
 )
-@field_option(C, "base_lr")
+@field_option(C, "base_lr", help=f"Default: the method's ({_method_defaults('base_lr')}).")
 @field_option(C, "weight_decay")
 @field_option(C, "momentum", help="SGD / LARS momentum.")
 @field_option(C, "warmup_epochs")
@@ -81,7 +87,13 @@ def _method_help() -> str:
 @field_option(C, "proj_hidden_dim")
 @field_option(C, "proj_out_dim")
 @field_option(C, "proj_layers")
-@field_option(C, "augment", help="simclr augmentation preset.")
+@field_option(
+    C,
+    "augment",
+    help="View preset of the two-view methods (simclr, byol, simsiam, vicreg, barlow-twins, "
+    "dino): lensing (dihedral, rotation, mild crops, flux, blur, noise), lensing-exact "
+    "(dihedral, flux, blur, noise: no resampling), psf-noise (blur 0-3 px + noise 0.1 only).",
+)
 @field_option(C, "blur_sigmas_px", help="Comma-separated blur sigmas in pixels (blur methods).")
 @field_option(C, "noise_std", help="contrastive-blur: Gaussian noise std (pixel-value units).")
 @field_option(
