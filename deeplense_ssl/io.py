@@ -291,6 +291,15 @@ def _lock(fd: int) -> bool:
     return True
 
 
+def matching_entries(folder: Path, pattern: re.Pattern[str]) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` whose whole name matches ``pattern`` (none if unreadable);
+    the candidates of the stale-temporary clean-ups here and in ``runs.py``."""
+    try:
+        return [e for e in os.scandir(folder) if pattern.fullmatch(e.name)]
+    except OSError:
+        return []
+
+
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Delete temporaries of ``path`` left by a killed writer (SIGKILL, power loss).
 
@@ -302,13 +311,8 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         The files removed.
     """
     final = Path(path)
-    pattern = _temporary_name_pattern(final.name)
     removed: list[Path] = []
-    try:
-        entries = [e for e in os.scandir(final.parent) if pattern.fullmatch(e.name)]
-    except OSError:
-        return removed
-    for entry in entries:
+    for entry in matching_entries(final.parent, _temporary_name_pattern(final.name)):
         try:
             info = entry.stat(follow_symlinks=False)
             if not stat.S_ISREG(info.st_mode) or info.st_mtime >= _PROCESS_START:

@@ -87,7 +87,7 @@ import numpy as np
 
 from . import __version__
 from .errors import CheckpointError, OutputError
-from .io import atomic_output, output_error, write_text_atomic
+from .io import atomic_output, matching_entries, output_error, write_text_atomic
 
 try:  # POSIX only; without it stages are judged by age alone
     import fcntl
@@ -893,11 +893,7 @@ def remove_stale_stages(out: str | Path) -> list[Path]:
     out = Path(out)
     pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:stage|old)-[a-z0-9_]{{8}}")
     removed: list[Path] = []
-    try:
-        entries = [e for e in os.scandir(out.parent) if pattern.fullmatch(e.name)]
-    except OSError:
-        return removed
-    for entry in entries:
+    for entry in matching_entries(out.parent, pattern):
         try:
             if not entry.is_dir(follow_symlinks=False):
                 continue
