@@ -334,20 +334,28 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
     metrics["knn"] = _knn_metrics(cfg, run_dir, emb, labels, len(class_names))
     metrics["ood"] = _ood_metrics(dataset, probs, probs_all[is_ood], is_ood)
 
+    scores = _scores_arrays(probs_all, emb, labels, sources_all, is_ood, class_names)
+    examples = _examples_arrays(images[keep], sources_all[keep], labels, emb, class_names, cfg)
+    _publish(out, metrics, config_to_dict(cfg), scores, examples)
+    return metrics
+
+
+def _publish(
+    out: Path, metrics: dict[str, Any], config: dict[str, Any], scores: dict, examples: dict
+) -> None:
+    """Complete ``metrics`` (companion file names, config, its own path) and write the three
+    files together, the metrics file last (:func:`deeplense_ssl.runs.write_together`)."""
     scores_file = scores_path_for(out, "scores")
     examples_file = scores_path_for(out, "examples")
     metrics["scores_file"] = scores_file.name
     metrics["examples_file"] = examples_file.name
-    metrics["config"] = config_to_dict(cfg)
+    metrics["config"] = config
     metrics["metrics_file"] = str(out)
-    scores = _scores_arrays(probs_all, emb, labels, sources_all, is_ood, class_names)
-    examples = _examples_arrays(images[keep], sources_all[keep], labels, emb, class_names, cfg)
-    write_together(  # published together, the metrics file last
+    write_together(
         (out, text_writer(json_text(metrics, indent=1))),
         (scores_file, npz_writer(scores)),
         (examples_file, npz_writer(examples)),
     )
-    return metrics
 
 
 def _scores_arrays(
