@@ -25,6 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers_mounts import mount_tmpfs, unmount
 
 from deeplense_ssl import io
 from deeplense_ssl.cleaning import (
@@ -122,43 +123,13 @@ def _cli(args: list[str], patch: str = "", timeout: float = 300) -> subprocess.C
     )
 
 
-def _mount(folder: Path, options: str) -> None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    folder.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-
-
-def _umount(folder: Path) -> None:
-    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
     """A 2 MiB tmpfs (root only; skipped elsewhere)."""
     folder = tmp_path / "tiny"
-    _mount(folder, "size=2m")
+    mount_tmpfs(folder, "size=2m")
     yield folder
-    _umount(folder)
-
-
-@pytest.fixture
-def read_only_folder(tmp_path: Path):
-    """A folder nobody can write: a read-only tmpfs as root, mode 0555 otherwise."""
-    folder = tmp_path / "ro"
-    if os.geteuid() == 0:
-        _mount(folder, "ro,size=1m")
-        yield folder
-        _umount(folder)
-    else:
-        folder.mkdir()
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
+    unmount(folder)
 
 
 NO_PREFLIGHT = (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import shutil
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers_finetune import fake_pretrain_run, finetune_and_evaluate
-from test_hostile_inputs import _mount, _umount
+from helpers_mounts import mount_tmpfs, unmount
 
 from deeplense_ssl import runs
 from deeplense_ssl.io import atomic_output
@@ -373,7 +372,7 @@ def test_non_finite_in_memory_data_advice_depends_on_nan_or_inf(tmp_path):
 def full_disk(tmp_path: Path):
     """A 2 MiB tmpfs filled to the last byte (root only; skipped elsewhere)."""
     folder = tmp_path / "full"
-    _mount(folder, "size=2m")
+    mount_tmpfs(folder, "size=2m")
     try:
         with open(folder / "filler", "wb") as fh:
             while True:
@@ -381,22 +380,7 @@ def full_disk(tmp_path: Path):
     except OSError:
         pass
     yield folder
-    _umount(folder)
-
-
-@pytest.fixture
-def read_only(tmp_path: Path):
-    """A folder nobody can write: a read-only tmpfs as root, mode 0555 otherwise."""
-    folder = tmp_path / "ro"
-    if os.geteuid() == 0:
-        _mount(folder, "ro,size=1m")
-        yield folder
-        _umount(folder)
-    else:
-        folder.mkdir()
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
+    unmount(folder)
 
 
 def _outputs(evaluated, folder: Path) -> list[tuple[list, Path]]:
@@ -418,8 +402,8 @@ def test_full_disk_names_the_target_file(evaluated, full_disk, capsys):
         assert sorted(p.name for p in full_disk.iterdir()) == before
 
 
-def test_read_only_folder_names_the_target_file(evaluated, read_only, capsys):
-    for args, target in _outputs(evaluated, read_only):
+def test_read_only_folder_names_the_target_file(evaluated, read_only_folder, capsys):
+    for args, target in _outputs(evaluated, read_only_folder):
         code, err = _main(args, capsys)
         line = _one_line(err)
         assert code == 1 and f"cannot write {target}" in line and ".tmp" not in line
