@@ -14,7 +14,10 @@ number is the median and the best of ``--repeats`` runs, side by side in one pro
 * random access of single images as a training loop sees them: ``LensingDataset`` +
   ``DataLoader(batch_size=256, shuffle=True)`` over the loaded set, raw ``h5py`` reads of
   single images in random order (a lazy HDF5 dataset), and memory-mapped ``.npy`` rows;
-* HDF5 chunking: random single-image reads and a bulk read for several ``chunk_images``.
+* HDF5 chunking: random single-image reads and a bulk read for several ``chunk_images``;
+* streaming (issue 13): one epoch of ``streaming.StreamReader`` batches (256 images) from the
+  HDF5 split into 4 shards, read, cleaned (``nan_policy="raise"``, min-max) and gathered in
+  the chunked order (chunks of 256, windows of 8 chunks), as one rank of 1 and of 2 sees it.
 
 Run (exact command used for benchmarks/README.md)::
 
@@ -45,6 +48,12 @@ from torch.utils.data import DataLoader  # noqa: E402
 from deeplense_ssl import __version__  # noqa: E402
 from deeplense_ssl.datasets import LensingDataset, convert_dataset, load_dataset  # noqa: E402
 from deeplense_ssl.io import write_hdf5, write_text_atomic  # noqa: E402
+from deeplense_ssl.streaming import (  # noqa: E402
+    CleanOptions,
+    StreamingData,
+    StreamLayout,
+    StreamReader,
+)
 
 TRAIN_STEP_IMAGES_PER_S = 50.0  # CPU training-step rate the loader must beat 100x
 
@@ -178,6 +187,31 @@ def bench_chunks(root: Path, n: int, chunks: list[int], repeats: int, seed: int)
     return out
 
 
+def bench_stream(root: Path, h5: Path, n: int, repeats: int) -> dict:
+    """Images/s of one epoch of :class:`StreamReader` batches over 4 shards of ``h5``."""
+    data = load_dataset(h5, normalize="none", progress=False)
+    bounds = np.linspace(0, n, 5).astype(int)
+    for k in range(4):
+        a, b = bounds[k], bounds[k + 1]
+        write_hdf5(root / f"shard{k}.h5", data.images[a:b], data.labels[a:b], data.class_names)
+    out = {}
+    batch, layout = 256, StreamLayout(256, 8)
+    with StreamingData(str(root / "shard*.h5"), CleanOptions("raise", "minmax")) as stream:
+        for world in (1, 2):
+            steps = n // (batch * world)
+
+            def epoch(world: int = world, steps: int = steps) -> int:
+                reader = StreamReader(
+                    stream, np.arange(n), 0, layout, steps, batch * world, 0, world
+                )
+                return sum(len(reader.batch(step)[0]) for step in range(steps))
+
+            out[f"StreamReader, rank 0 of {world} (4 shards, chunks 256, windows 8)"] = timed(
+                epoch, repeats
+            )
+    return out
+
+
 def fmt(rate: tuple[float, float]) -> str:
     med, best = rate
     return f"{med:>9,.0f} | {best:>9,.0f}  ({med / TRAIN_STEP_IMAGES_PER_S:>6,.0f}x)"
@@ -215,6 +249,9 @@ def main() -> None:
             ),
             "random access (training-loop view)": bench_random_access(
                 clean, args.n, args.repeats, args.seed
+            ),
+            "streaming (pretrain --data-mode stream)": bench_stream(
+                root, clean["hdf5"], args.n, args.repeats
             ),
         }
         chunks = bench_chunks(

@@ -43,6 +43,18 @@ Run (exact commands used for benchmarks/README.md, on a shared 2-core CPU)::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 512 --size 32 \
         --batch 64 --stem cifar --threads 1 --steps 8 --rounds 0 --contenders ours,ours-nchw
 
+Overlap and streaming (issue 13; phase 2 only, whole runs in fresh subprocesses)::
+
+    # the same epoch with the background batch producer on (prefetch 2) and off (0)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 512 --size 32 \
+        --batch 64 --stem cifar --threads 1 --steps 0 --rounds 2 --contenders ours,ours-noprefetch
+    # an HDF5 file 4x the memory budget: loaded whole vs streamed under --max-memory-gb; the
+    # step rate is timed from step 3 to the last (loading excluded), peak RSS includes it
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 4096 --size 64 \
+        --chans 3 --batch 32 --stem small --threads 1 --steps 0 --rounds 2 --max-steps 24 \
+        --memory-gb 0.046875 --data-file /tmp/train_speed_4x.h5 \
+        --contenders file-memory,file-stream
+
 GPU (not run here: no GPU in this workplace)::
 
     python benchmarks/train_speed.py --device cuda --n 50000 --size 32 --batch 512 \
@@ -103,10 +115,11 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _ours_cfg(args: argparse.Namespace, out: str, channels_last: bool = True):
+def _ours_cfg(args: argparse.Namespace, out: str, channels_last: bool = True, prefetch: int = 2):
     from deeplense_ssl.config import PretrainConfig
 
     return PretrainConfig(
+        prefetch=prefetch,
         data="<benchmark>",
         out=out,
         method="simclr",
@@ -127,7 +140,7 @@ def _ours_cfg(args: argparse.Namespace, out: str, channels_last: bool = True):
     )
 
 
-def run_ours(args: argparse.Namespace, channels_last: bool = True) -> dict:
+def run_ours(args: argparse.Namespace, channels_last: bool = True, prefetch: int = 2) -> dict:
     """One timed epoch of ``deeplense_ssl.training.pretrain`` (after a 1-step warm-up run)."""
     from deeplense_ssl.runtime import resolve_device
     from deeplense_ssl.training import pretrain
@@ -135,7 +148,8 @@ def run_ours(args: argparse.Namespace, channels_last: bool = True) -> dict:
     device = resolve_device(args.device)
     images = make_images(args.n, args.chans, args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = dataclasses.replace(_ours_cfg(args, f"{tmp}/warm", channels_last), max_steps=1)
+        cfg = _ours_cfg(args, f"{tmp}/warm", channels_last, prefetch)
+        cfg = dataclasses.replace(cfg, max_steps=1)
         pretrain(cfg, progress=False, dataset=images)
         _sync(device, reset_peak=True)
         timed = dataclasses.replace(cfg, out=f"{tmp}/timed", max_steps=None)
@@ -145,6 +159,49 @@ def run_ours(args: argparse.Namespace, channels_last: bool = True) -> dict:
         seconds = time.perf_counter() - t0
     steps = args.n // args.batch
     return {"seconds": seconds, "images": steps * args.batch, "peak_mib": _peak_memory_mib(device)}
+
+
+def ensure_data_file(args: argparse.Namespace) -> Path:
+    """``--data-file``: ``--n`` images of ``make_images`` in our HDF5 layout (written once)."""
+    from deeplense_ssl.io import write_hdf5
+
+    path = Path(args.data_file)
+    if not path.exists():
+        labels = np.arange(args.n) % 2
+        write_hdf5(path, make_images(args.n, args.chans, args.size), labels, ["a", "b"])
+    return path
+
+
+def run_file(args: argparse.Namespace, mode: str, prefetch: int = 2) -> dict:
+    """``--max-steps`` steps of ``pretrain`` on ``--data-file``, loaded (``in-memory``) or
+    streamed (``stream``) under ``--memory-gb``; timed from the end of step 2 to the end of
+    the last step (loading and warm-up excluded)."""
+    from deeplense_ssl.runtime import resolve_device
+    from deeplense_ssl.training import pretrain
+
+    device = resolve_device(args.device)
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dataclasses.replace(
+            _ours_cfg(args, f"{tmp}/run", prefetch=prefetch),
+            data=args.data_file,
+            data_mode=mode,
+            max_memory_gb=args.memory_gb,
+            max_steps=args.max_steps,
+            collapse_monitor_size=0,
+        )
+
+        def stamp(step: int, record: dict) -> None:
+            _sync(device)
+            stamps.append(time.perf_counter())
+
+        pretrain(cfg, progress=False, on_step=stamp)
+    return {
+        "seconds": stamps[-1] - stamps[1],
+        "images": (len(stamps) - 2) * args.batch,
+        "peak_mib": _peak_memory_mib(device),
+        "file_mib": Path(args.data_file).stat().st_size / 2**20,
+    }
 
 
 def ours_stepper(
@@ -375,12 +432,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--contenders",
         default="ours,lightly",
-        choices=["ours,lightly", "ours,ours-nchw"],
-        help="the pair to compare (ours-nchw: ours without channels-last, to measure it)",
+        choices=[",".join(pair) for pair in PAIRS],
+        help="the pair to compare (ours-nchw: ours without channels-last; ours-noprefetch: "
+        "without the background batch producer; file-memory / file-stream: pretrain on "
+        "--data-file loaded or streamed under --memory-gb; the last three in phase 2 only)",
     )
-    parser.add_argument(
-        "--contender", choices=["ours", "ours-nchw", "lightly"], help=argparse.SUPPRESS
-    )
+    parser.add_argument("--contender", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
+    parser.add_argument("--data-file", default=None, help="HDF5 for the file-* contenders")
+    parser.add_argument("--memory-gb", type=float, default=None, help="file-*: --max-memory-gb")
+    parser.add_argument("--max-steps", type=int, default=24, help="file-*: steps per trial")
     parser.add_argument(
         "--methods",
         default=None,
@@ -395,15 +455,16 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     if args.contender:
-        runs = {
-            "ours": run_ours,
-            "ours-nchw": lambda a: run_ours(a, channels_last=False),
-            "lightly": run_lightly,
-        }
-        print(json.dumps(runs[args.contender](args)))
+        print(json.dumps(CONTENDERS[args.contender](args)))
         return
     names = args.contenders.split(",")
     base, other = names
+    if not {"ours", "lightly"} >= set(names) and names != ["ours", "ours-nchw"]:
+        args.steps = 0  # whole runs only: the producer and the data path are not in a step
+    if names[0].startswith("file-"):
+        if not args.data_file:
+            parser.error("the file-* contenders need --data-file")
+        ensure_data_file(args)
     print(header(args))
     load = [_uptime()]
     print(f"# load before: {load[0]}")
@@ -489,6 +550,26 @@ def method_table(args: argparse.Namespace) -> None:
 
         payload = {"args": vars(args), "header": header(args), "methods": rows}
         write_text_atomic(args.json, json.dumps(payload, indent=2))
+
+
+CONTENDERS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "ours": run_ours,
+    "ours-nchw": lambda a: run_ours(a, channels_last=False),
+    "ours-noprefetch": lambda a: run_ours(a, prefetch=0),
+    "lightly": run_lightly,
+    "file-memory": lambda a: run_file(a, "in-memory"),
+    "file-stream": lambda a: run_file(a, "stream"),
+    "file-stream-noprefetch": lambda a: run_file(a, "stream", prefetch=0),
+}
+"""Phase-2 trials by name (each runs in its own subprocess)."""
+
+PAIRS = [
+    ("ours", "lightly"),
+    ("ours", "ours-nchw"),
+    ("ours", "ours-noprefetch"),
+    ("file-memory", "file-stream"),
+    ("file-stream", "file-stream-noprefetch"),
+]
 
 
 def _quartiles(slow: list[float], fast: list[float]) -> str:

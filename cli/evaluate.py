@@ -46,6 +46,18 @@ C = EvaluateConfig
     "ood_classes",
     help="Comma-separated test classes the model never saw, scored as out-of-distribution.",
 )
+@field_option(
+    C,
+    "localisation_images",
+    help="Test images per substructure class whose attribution is checked against the true "
+    "subhalo / vortex positions (files simulated by deeplense-ssl only; 0: off).",
+)
+@field_option(C, "localisation_method", help="Attribution method of the localisation score.")
+@field_option(
+    C,
+    "localisation_radius_fwhm",
+    help="Distance from the substructure that counts as on it, in PSF FWHM.",
+)
 @normalize_option(C, "Per-image scaling; auto: as the model was trained (recommended).")
 @nan_policy_option(C)
 @image_size_option(C)

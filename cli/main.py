@@ -25,6 +25,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune", "Train a classifier head on a pretrained backbone with few labels."),
     "evaluate": ("evaluate", "ROC-AUC (per class, macro, micro) with intervals, kNN, accuracy."),
     "report": ("report", "Self-contained HTML report with ROC curves, tables and attributions."),
+    "export": (
+        "export",
+        "Export a run's backbone for torchvision, timm, safetensors or ONNX, with a model card.",
+    ),
+    "embed": ("embed", "Write embeddings of any number of images to HDF5 (batched, resumable)."),
+    "search": ("search", "Nearest neighbours of query images in an embedding index (cosine)."),
+    "anomaly": ("anomaly", "Rank images by an anomaly score in embedding space (kNN distance)."),
     "demo": ("demo", "Run the whole pipeline on a small simulated dataset and write a report."),
 }
 

@@ -42,7 +42,12 @@ def _method_help() -> str:
 
 
 @click.command("pretrain")
-@field_option(C, "data", help="Training images (HDF5, npy folder, npz, FITS...).")
+@field_option(
+    C,
+    "data",
+    help="Training images (HDF5, npy folder, npz, FITS...); several HDF5 shards as a "
+    "comma-separated list or a quoted glob.",
+)
 @field_option(
     C,
     "paired_data",
@@ -127,6 +132,37 @@ def _method_help() -> str:
     help="Images whose embeddings' effective rank and std are logged every epoch (0: off).",
 )
 @field_option(C, "sync_batchnorm", help="Multi-GPU: BatchNorm statistics over the global batch.")
+@field_option(
+    C,
+    "prefetch",
+    help="Batches prepared ahead in a background thread while a step runs (0: off; the same "
+    "batches either way).",
+)
+@field_option(
+    C,
+    "data_mode",
+    help="stream: read --data in chunks, never whole (several shards: a comma-separated list "
+    "or a quoted glob, e.g. 'shards/*.h5'); in-memory: load it; auto: stream when the cleaned "
+    "set is larger than --max-memory-gb.",
+)
+@field_option(
+    C,
+    "max_memory_gb",
+    help="Memory budget of the training set in GiB for --data-mode auto (default: half of "
+    "the available memory).",
+)
+@field_option(
+    C,
+    "log",
+    help="Also send metrics.jsonl, the config and the final metrics to TensorBoard or MLflow "
+    '(needs pip install "deeplense-ssl[track]").',
+)
+@field_option(
+    C,
+    "log_uri",
+    help="--log tensorboard: the event folder; mlflow: the tracking URI (default: "
+    "OUT/tensorboard, file:OUT/mlruns).",
+)
 @normalize_option(C, "Per-image (or dataset) scaling applied after loading.")
 @nan_policy_option(C)
 @image_size_option(C)

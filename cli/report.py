@@ -23,7 +23,12 @@ C = ReportConfig
     C, "n_attribution_examples", help="Example images per class for the attribution maps."
 )
 @field_option(C, "attribution_methods", help="Comma-separated attribution methods ('' for none).")
-@field_option(C, "tsne", help="t-SNE embedding plot.")
+@field_option(
+    C,
+    "embedding_map",
+    help="2-D map of the test embeddings (auto: t-SNE; UMAP above 5,000 images when the "
+    "`umap` extra is installed).",
+)
 @seed_option(C)
 @device_option(C)
 @config_option

@@ -39,6 +39,10 @@ _LAZY: dict[str, str] = {
     "ReportConfig": "config",
     "SimulateConfig": "config",
     "ConvertConfig": "config",
+    "ExportConfig": "config",
+    "EmbedConfig": "config",
+    "SearchConfig": "config",
+    "AnomalyConfig": "config",
     "config_from_sources": "config",
     # models and the pipeline
     "build_backbone": "backbones",
@@ -46,6 +50,11 @@ _LAZY: dict[str, str] = {
     "finetune": "finetuning",
     "evaluate": "evaluation",
     "build_report": "report",
+    # using the representation: export, embed, search, anomalies
+    "export_run": "export",
+    "embed_files": "embedding",
+    "search_index": "embedding",
+    "anomaly_index": "embedding",
     # errors
     "DeepLenseError": "errors",
     "DataError": "errors",
@@ -69,12 +78,20 @@ __all__ = [  # the keys of _LAZY (checked by tests/test_package.py)
     "ReportConfig",
     "SimulateConfig",
     "ConvertConfig",
+    "ExportConfig",
+    "EmbedConfig",
+    "SearchConfig",
+    "AnomalyConfig",
     "config_from_sources",
     "build_backbone",
     "pretrain",
     "finetune",
     "evaluate",
     "build_report",
+    "export_run",
+    "embed_files",
+    "search_index",
+    "anomaly_index",
     "DeepLenseError",
     "DataError",
     "ConfigError",
@@ -84,11 +101,15 @@ __all__ = [  # the keys of _LAZY (checked by tests/test_package.py)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on demand
     from .backbones import build_backbone
     from .config import (
+        AnomalyConfig,
         ConvertConfig,
+        EmbedConfig,
         EvaluateConfig,
+        ExportConfig,
         FinetuneConfig,
         PretrainConfig,
         ReportConfig,
+        SearchConfig,
         SimulateConfig,
         config_from_sources,
     )
@@ -101,8 +122,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         stratified_split,
         summarize,
     )
+    from .embedding import anomaly_index, embed_files, search_index
     from .errors import CheckpointError, ConfigError, DataError, DeepLenseError
     from .evaluation import evaluate
+    from .export import export_run
     from .finetuning import finetune
     from .report import build_report
     from .simulate import simulate_dataset

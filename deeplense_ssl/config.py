@@ -45,15 +45,21 @@ from .methods import METHOD_NAMES as METHODS
 from .methods import get_method
 from .optim import OPTIMIZERS
 from .runtime import AMP_MODES, DEVICES
+from .search import BACKENDS as SEARCH_BACKENDS
+from .streaming import DATA_MODES
+from .tracking import TRACKERS
 from .transforms import PRESETS as AUGMENT_PRESETS
 
 # Choice lists whose implementing module cannot be imported here; each becomes one import
 # line once it can:
 # * SIM_MODELS -> ``from .simulate import MODELS as SIM_MODELS`` (simulate.py imports this
 #   module for SimulateConfig);
-# * INITS belongs to finetuning.py, which consumes FinetuneConfig, so it stays here.
+# * INITS belongs to finetuning.py, which consumes FinetuneConfig, so it stays here;
+# * EMBEDDING_MAPS is ``plots.EMBEDDING_MAPS``: plots imports matplotlib and scikit-learn's
+#   manifold module, which every command would pay for (tests/test_config.py checks they match).
 SIM_MODELS = ("model_i", "model_ii", "model_iii")
 INITS = ("pretrained", "random", "scratch")
+EMBEDDING_MAPS = ("auto", "umap", "tsne", "none")
 
 BACKBONE_NAMES = tuple(BACKBONES)
 AUGMENTATIONS = tuple(AUGMENT_PRESETS)
@@ -361,6 +367,16 @@ class PretrainConfig(DataOptions):
     # metrics.jsonl line + NaN/inf check every N steps and at checkpoints
     log_every_steps: int = _field(10, gt=0)
     sync_batchnorm: bool = True  # multi-GPU DDP: SyncBatchNorm (statistics over the global batch)
+    # batches made ahead by a background thread while the step runs (0: off; same batches)
+    prefetch: int = _field(2, ge=0)
+    # stream: read --data (one file, a comma-separated list or a glob of shards) in chunks;
+    # in-memory: load it; auto: stream when the cleaned set exceeds max_memory_gb
+    data_mode: str = _field("auto", choices=DATA_MODES)
+    # memory budget of the training set in GiB (None: half of the available memory)
+    max_memory_gb: float | None = _field(None, gt=0)
+    # experiment tracking of metrics.jsonl, the config and the final metrics (extra `track`)
+    log: str = _field("none", choices=TRACKERS)
+    log_uri: str | None = None  # tensorboard: event folder; mlflow: tracking URI (None: in --out)
 
     def validate(self) -> None:
         """Check the fields, then the data path and the method's own needs (``Method.validate``)."""
@@ -405,6 +421,9 @@ class FinetuneConfig(DataOptions):
     normalize: str = _field("auto", choices=("auto", *NORMALIZATIONS))
     seed: int = _seed()
     device: str = _field("auto", choices=DEVICES)
+    # experiment tracking of metrics.jsonl, the config and the final metrics (extra `track`)
+    log: str = _field("none", choices=TRACKERS)
+    log_uri: str | None = None  # tensorboard: event folder; mlflow: tracking URI (None: in --out)
 
     def validate(self) -> None:
         """Check the fields, then the data path and that a pretrained init has a checkpoint."""
@@ -433,6 +452,12 @@ class EvaluateConfig(DataOptions):
     ood_classes: list[str] = _field(factory=list)
     # auto: the finetune run's normalisation
     normalize: str = _field("auto", choices=("auto", *NORMALIZATIONS))
+    # attribution localisation on simulated test sets (how much attribution falls on the true
+    # subhalos / vortex): test images per substructure class (0: off), the attribution method,
+    # and the distance from the substructure that counts, in PSF FWHM
+    localisation_images: int = _field(16, ge=0)
+    localisation_method: str = _field("integrated_gradients", choices=ATTRIBUTION_METHODS)
+    localisation_radius_fwhm: float = _field(3.0, gt=0)
     seed: int = _seed()
     device: str = _field("auto", choices=DEVICES)
 
@@ -453,7 +478,9 @@ class ReportConfig:
     attribution_methods: list[str] = _field(
         factory=lambda: list(ATTRIBUTION_METHODS), choices=ATTRIBUTION_METHODS
     )
-    tsne: bool = True
+    # 2-D map of the test embeddings: auto (t-SNE; UMAP above plots.AUTO_UMAP_ABOVE images when
+    # the `umap` extra is installed), umap, tsne or none
+    embedding_map: str = _field("auto", choices=EMBEDDING_MAPS)
     seed: int = _seed()
     device: str = _field("auto", choices=DEVICES)
 
@@ -462,6 +489,102 @@ class ReportConfig:
         check_fields(self)
         if not self.runs:
             raise ConfigError("report needs at least one run folder.")
+
+
+# export.py consumes ExportConfig (it sits above this module), so its format list lives here
+EXPORT_FORMATS = ("safetensors", "torchvision", "timm", "onnx")
+
+
+@dataclass
+class ExportConfig:
+    """``deeplense-ssl export``: a finished run's network as a file other libraries load."""
+
+    run: str = ""  # a pretrain run (backbone.pt) or a finetune run (model.pt) folder
+    format: str = _field("safetensors", choices=EXPORT_FORMATS)
+    out: str = ""  # the exported file; its model card goes beside it with the suffix .md
+
+    def validate(self) -> None:
+        """Check the fields, then that a run folder and an output file are given."""
+        check_fields(self)
+        if not self.run or not self.out:
+            raise ConfigError("export needs a run folder (RUN) and --out FILE.")
+
+
+@dataclass
+class EmbedConfig:
+    """``deeplense-ssl embed``: backbone embeddings of images -> one HDF5 index (resumable)."""
+
+    checkpoint: str = ""  # a pretrain (backbone.pt) or finetune (model.pt) run folder
+    data: list[str] = _field(factory=list)  # any supported inputs, embedded in this order
+    out: str = "embeddings.h5"
+    float16: bool = False  # store float16 (half the size; cosine ranks barely change)
+    batch_size: int = _field(256, gt=0)
+    # images read, cleaned, embedded and committed to the partial file at a time
+    block_size: int = _field(4096, gt=0)
+    # auto: as the run's training data was cleaned (recommended)
+    nan_policy: str = _field("auto", choices=("auto", *NAN_POLICIES))
+    normalize: str = _field("auto", choices=("auto", *NORMALIZATIONS))
+    image_size: int | None = _field(None, gt=0)  # None: the run's
+    allow_pickle: bool = False
+    # continue <out>.partial when it was started by the same run, inputs and options
+    resume: bool = True
+    device: str = _field("auto", choices=DEVICES)
+
+    def validate(self) -> None:
+        """Check the fields, then that a run and at least one input are given."""
+        check_fields(self)
+        if not self.checkpoint or not self.data:
+            raise ConfigError("embed needs --checkpoint RUN_DIR and --data FILE [FILE ...].")
+
+
+@dataclass
+class SearchConfig:
+    """``deeplense-ssl search``: nearest neighbours of query images in an embedding index."""
+
+    index: str = ""  # the .h5 written by `embed`
+    query: str | None = None  # an image file (every image in it is a query)
+    query_index: list[int] = _field(factory=list, ge=0)  # or rows of the index
+    k: int = _field(10, gt=0)
+    out: str | None = None  # folder for neighbours.csv / .json and montage.png
+    backend: str = _field("auto", choices=SEARCH_BACKENDS)
+    ivf_lists: int = _field(0, ge=0)  # faiss: > 0 for an approximate IVF index
+    nprobe: int = _field(16, gt=0)  # faiss IVF: lists visited per query
+    # the run that embeds --query images (None: the run recorded in the index)
+    checkpoint: str | None = None
+    montage: bool = True
+    batch_size: int = _field(256, gt=0)
+    allow_pickle: bool = False
+    device: str = _field("auto", choices=DEVICES)
+
+    def validate(self) -> None:
+        """Check the fields, then that there is an index and exactly one kind of query."""
+        check_fields(self)
+        if not self.index:
+            raise ConfigError("search needs --index EMBEDDINGS.h5.")
+        if (self.query is None) == (not self.query_index):
+            raise ConfigError("search needs either --query IMAGE or --query-index N[,M...].")
+
+
+@dataclass
+class AnomalyConfig:
+    """``deeplense-ssl anomaly``: kNN anomaly scores of the images of an embedding index."""
+
+    index: str = ""  # the .h5 written by `embed`
+    reference: str | None = None  # embedding of normal data (None: the index itself)
+    k: int = _field(10, gt=0)
+    top: int = _field(16, ge=0)  # images in the montage of the highest scores
+    out: str = "anomalies"  # folder for anomaly_scores.h5 / .csv and anomaly_top.png
+    backend: str = _field("auto", choices=SEARCH_BACKENDS)
+    ivf_lists: int = _field(0, ge=0)
+    nprobe: int = _field(16, gt=0)
+    montage: bool = True
+    allow_pickle: bool = False
+
+    def validate(self) -> None:
+        """Check the fields, then that an index is given."""
+        check_fields(self)
+        if not self.index:
+            raise ConfigError("anomaly needs --index EMBEDDINGS.h5.")
 
 
 # ----------------------------------------------------------------------------- sources

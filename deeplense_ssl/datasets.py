@@ -967,3 +967,142 @@ def _maybe_json(value: Any) -> Any:
         except json.JSONDecodeError:
             return value
     return value
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+@dataclass(frozen=True)
+class CleanBlock:
+    """One block of a source after cleaning, as :func:`iter_clean_blocks` yields it.
+
+    Attributes:
+        start: first source index the block read.
+        stop: one past the last source index it read (the next block starts here, so a
+            consumer can record ``stop`` to resume after the block).
+        images: (M, C, H, W) float32, finite and normalised; ``M <= stop - start`` (fewer
+            when ``nan_policy="drop"`` dropped images; ``M`` may be 0).
+        labels: (M,) int64 labels of the kept images (indices into ``source.class_names``).
+        index: (M,) int64 source indices of the kept images (``source.sources[index]``).
+        nan_counts: (M,) non-finite pixels each kept image had before cleaning.
+        params: per-image parameter arrays of the kept images, leading dimension M.
+        nan_report: what the NaN policy touched in this block.
+    """
+
+    start: int
+    stop: int
+    images: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+    nan_counts: np.ndarray
+    params: dict[str, np.ndarray]
+    nan_report: NanReport
+
+
+def iter_clean_blocks(
+    source: Source,
+    *,
+    nan_policy: str,
+    normalize: str,
+    image_size: int | None,
+    block_size: int = 1024,
+    stats: NormStats | dict | None = None,
+    fit_mode: str = "auto",
+    start: int = 0,
+    stop: int | None = None,
+    check_shape: bool = True,
+) -> Iterator[CleanBlock]:
+    """Stream an open source as cleaned blocks, the same cleaning as :func:`load_dataset`.
+
+    Layout/dtype -> NaN policy -> size -> normalisation, block by block, so that only one
+    block is in memory (embedding, streaming training, any pass over data larger than memory).
+    The images equal those :func:`load_dataset` returns with the same options.
+
+    Args:
+        source: an open :class:`~deeplense_ssl.io.Source` (:func:`io.open_source`); the caller
+            closes it.
+        nan_policy: one of :data:`~deeplense_ssl.cleaning.NAN_POLICIES`.
+        normalize: one of :data:`~deeplense_ssl.cleaning.NORMALIZATIONS`; ``zscore-dataset``
+            needs ``stats`` (fit them first, e.g. with :func:`fit_normalization` on a pass with
+            ``normalize="none"``, or take those stored with a model).
+        image_size: side in pixels to crop/resize to (None: stored size).
+        block_size: images read per block (> 0).
+        stats: ``zscore-dataset`` statistics (:class:`NormStats` or its ``to_dict()``).
+        fit_mode: ``auto`` | ``crop`` | ``resize`` for ``image_size``.
+        start: first source index to read (e.g. where an interrupted pass stopped).
+        stop: one past the last source index (None: the end of the source).
+        check_shape: refuse a block whose image shape differs from the first kept image's.
+
+    Yields:
+        :class:`CleanBlock` per ``block_size`` images of ``start:stop``, in order (also when
+        every image of a block was dropped, so that ``stop`` always advances).
+
+    Raises:
+        ConfigError: unknown options, ``zscore-dataset`` without ``stats``, or a bad range.
+        DataError: unreadable images, NaN with ``nan_policy="raise"``, values beyond float32
+            after scaling, or differing shapes, naming the file and image index.
+    """
+    _check_options(nan_policy, normalize, image_size)
+    if isinstance(stats, dict):
+        stats = NormStats.from_dict(stats)
+    if normalize == "zscore-dataset" and stats is None:
+        raise ConfigError(
+            "normalize='zscore-dataset' needs the statistics of the training data (stats=...) "
+            "when streaming; fit them first or take those stored with the model."
+        )
+    stop = len(source) if stop is None else min(int(stop), len(source))
+    if block_size <= 0 or not 0 <= start <= stop:
+        raise ConfigError(
+            f"need block_size > 0 and 0 <= start <= stop <= {len(source)}; got block_size="
+            f"{block_size}, start={start}, stop={stop}."
+        )
+    shape: tuple | None = None
+    first: object = None
+    for lo in range(start, stop, block_size):
+        hi = min(lo + block_size, stop)
+        block = _clean_range(source, lo, hi, nan_policy, image_size, fit_mode, normalize, stats)
+        if check_shape and len(block.images):
+            if shape is None:
+                shape = block.images.shape[1:]
+                first = source.sources[int(block.index[0])]
+            else:
+                _check_block_shape(source, block, shape, first)
+        yield CleanBlock(
+            lo,
+            hi,
+            block.images,
+            source.labels[block.index],
+            block.index,
+            block.nan_counts,
+            block.params,
+            block.report,
+        )
+
+
+def _clean_range(
+    src: Source,
+    start: int,
+    stop: int,
+    nan_policy: str,
+    image_size: int | None,
+    fit_mode: str,
+    normalize: str,
+    stats: NormStats | None,
+) -> _Block:
+    """Read and clean images ``start:stop`` of ``src`` (one step of :func:`_clean_blocks`)."""
+    raw, params = src.read_block(start, stop)
+    clean = _clean_stacked if src.stacked else _clean_files
+    arr, kept, counts, report = clean(src, raw, start, nan_policy, image_size, fit_mode)
+    params = {k: np.asarray(v)[kept] for k, v in params.items()}
+    if normalize != "none" and len(arr):
+        try:
+            arr = normalize_images(
+                arr, normalize, stats, copy=not arr.flags.writeable, path=src.path, start=start
+            )
+        except DataError as exc:
+            if exc.index is None:
+                raise
+            index = start + int(kept[exc.index - start])
+            file = None if src.stacked else src.files[index]  # type: ignore[attr-defined]
+            raise _located(exc, src.path, index, file) from exc
+    return _Block(arr, start + kept, counts[kept], params, report)

@@ -52,6 +52,12 @@ class DemoPlan:
     # undertrained by construction; 100 keeps the CPU demo within ~10 minutes)
     finetune_min_steps: int = 100
     label_fractions: tuple[float, ...] = (0.1, 1.0)
+    # label fractions that also get the SSL full fine-tune (backbone + head from the SSL
+    # weights, what DeepLense users do); the low fraction only on a CPU, where it matters
+    full_finetune_fractions: tuple[float, ...] = (0.1,)
+    # evaluate's attribution localisation: test images per substructure class (each costs an
+    # Integrated Gradients pass of 32 forward/backward steps)
+    localisation_images: int = 8
     backbone: str = "resnet18"
     stem: str = "imagenet"
 
@@ -68,6 +74,8 @@ def plan_for(device: str, quick: bool = False) -> DemoPlan:
             scratch_epochs=1,
             finetune_min_steps=0,
             label_fractions=(0.5,),
+            full_finetune_fractions=(0.5,),
+            localisation_images=2,
         )
     if resolve_device(device).type == "cuda":
         return DemoPlan(
@@ -78,6 +86,7 @@ def plan_for(device: str, quick: bool = False) -> DemoPlan:
             finetune_epochs=50,
             scratch_epochs=40,
             label_fractions=(0.01, 0.1, 1.0),
+            full_finetune_fractions=(0.01, 0.1, 1.0),
         )
     return DemoPlan()
 
@@ -134,19 +143,21 @@ def _pretrain(
 
 def finetune_variants(plan: DemoPlan, pre_dir: Path) -> list[tuple[str, dict]]:
     """``(run name, FinetuneConfig overrides)`` per label fraction: the SSL linear probe, the
-    random-backbone probe and the supervised-from-scratch baseline."""
+    SSL full fine-tune (at ``plan.full_finetune_fractions``), the random-backbone probe and the
+    supervised-from-scratch baseline. The end-to-end runs train ``plan.scratch_epochs``."""
     variants: list[tuple[str, dict]] = []
+    pretrained = dict(checkpoint=str(pre_dir), init="pretrained")
     for frac in plan.label_fractions:
         tag = f"f{frac:g}"
-        variants += [
-            (
-                f"{plan.method}-linear-{tag}",
-                dict(checkpoint=str(pre_dir), head="linear", init="pretrained"),
-            ),
+        runs = [(f"{plan.method}-linear-{tag}", dict(pretrained, head="linear"))]
+        if frac in plan.full_finetune_fractions:
+            full = dict(pretrained, head="full", epochs=plan.scratch_epochs)
+            runs.append((f"{plan.method}-full-{tag}", full))
+        runs += [
             (f"random-linear-{tag}", dict(checkpoint=str(pre_dir), head="linear", init="random")),
             (f"scratch-full-{tag}", dict(head="full", init="scratch", epochs=plan.scratch_epochs)),
         ]
-        variants[-3:] = [(name, {**kw, "label_fraction": frac}) for name, kw in variants[-3:]]
+        variants += [(name, {**kw, "label_fraction": frac}) for name, kw in runs]
     return variants
 
 
@@ -156,6 +167,7 @@ def _finetune_and_evaluate(
     cfg: FinetuneConfig,
     test_h5: Path,
     device: str,
+    localisation_images: int,
     progress: bool,
     stage: Log,
 ) -> None:
@@ -169,7 +181,11 @@ def _finetune_and_evaluate(
         return
     stage(f"evaluating {name} on {test_h5}")
     cfg_e = EvaluateConfig(
-        checkpoint=str(run_dir), data=str(test_h5), out=str(metrics), device=device
+        checkpoint=str(run_dir),
+        data=str(test_h5),
+        out=str(metrics),
+        device=device,
+        localisation_images=localisation_images,
     )
     cfg_e.validate()
     result = evaluate(cfg_e, progress=progress)
@@ -228,7 +244,9 @@ def run_demo(
         cfg = dataclasses.replace(
             base, **{"out": str(run_dir), "epochs": plan.finetune_epochs, **kw}
         )
-        _finetune_and_evaluate(name, run_dir, cfg, test_h5, device, progress, stage)
+        _finetune_and_evaluate(
+            name, run_dir, cfg, test_h5, device, plan.localisation_images, progress, stage
+        )
 
     report_path = out / REPORT_FILE
     stage(f"writing the report -> {report_path}")

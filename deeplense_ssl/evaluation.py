@@ -22,11 +22,14 @@ import numpy as np
 import torch
 
 from . import __version__
+from .attribution import attribution_maps
+from .cleaning import fit_size
 from .config import EvaluateConfig, config_to_dict
 from .datasets import load_dataset
 from .errors import CheckpointError, DataError
 from .inference import load_finetuned, predict
 from .metrics import (
+    attribution_localisation,
     bootstrap_ci,
     classification_metrics,
     knn_predict,
@@ -51,6 +54,7 @@ from .runs import (
     write_together,
 )
 from .runtime import resolve_device, seed_everything
+from .simulate import MASK_PARAMS, substructure_geometry, substructure_masks
 
 N_EXAMPLES_PER_CLASS = 4
 N_NEIGHBOURS = 6
@@ -240,6 +244,76 @@ def _score_metrics(
 # --------------------------------------------------------------------------------------------
 
 
+def _localisation(
+    cfg: EvaluateConfig,
+    model: torch.nn.Module,
+    dataset: Any,
+    keep: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+) -> dict[str, Any] | None:
+    """Attribution localisation (:func:`deeplense_ssl.metrics.attribution_localisation`) on up
+    to ``cfg.localisation_images`` seeded test images per class that have substructure in the
+    field, explaining the true class logit; ``None`` when off or when the test file does not
+    record where its substructure is (only files simulated by this package do)."""
+    meta = getattr(dataset, "meta", {}) or {}
+    geometry = substructure_geometry(meta.get("provenance"))
+    params = meta.get("params") or {}
+    if cfg.localisation_images == 0 or geometry is None or not set(MASK_PARAMS) & set(params):
+        return None
+    rows = np.flatnonzero(keep)  # test-image index -> row of the file's params
+    images = np.asarray(dataset.images, dtype=np.float32)[keep]
+    rng = np.random.default_rng(cfg.seed)
+    out: dict[str, Any] = {
+        "method": cfg.localisation_method,
+        "radius_fwhm": cfg.localisation_radius_fwhm,
+        "radius_arcsec": cfg.localisation_radius_fwhm * geometry[2],
+        "per_class": {},
+    }
+    all_maps, all_masks = [], []
+    for c, name in enumerate(class_names):
+        size = (images.shape[-1], str(meta.get("fit_mode", "auto")))
+        idx, masks = _masked_sample(labels, c, rows, params, geometry, cfg, rng, size)
+        if not len(idx):
+            continue
+        maps = attribution_maps(model, images[idx], labels[idx], [cfg.localisation_method])
+        out["per_class"][name] = attribution_localisation(maps[cfg.localisation_method], masks)
+        all_maps.append(maps[cfg.localisation_method])
+        all_masks.append(masks)
+    if not all_maps:
+        return None
+    out["all"] = attribution_localisation(np.concatenate(all_maps), np.concatenate(all_masks))
+    return out
+
+
+def _masked_sample(
+    labels: np.ndarray,
+    c: int,
+    rows: np.ndarray,
+    params: dict[str, np.ndarray],
+    geometry: tuple[int, float, float],
+    cfg: EvaluateConfig,
+    rng: np.random.Generator,
+    size: tuple[int, str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``cfg.localisation_images`` test indices of class ``c`` whose scene has
+    substructure in the field (seeded, in random order) and their masks ``(M, S, S)`` bool,
+    brought to the model's side ``S`` the way the images were (``size`` = ``(S, fit mode)``,
+    :func:`fit_size`)."""
+    picked, masks = [], []
+    for i in rng.permutation(np.flatnonzero(labels == c)):
+        mask = substructure_masks(params, rows[i : i + 1], geometry, cfg.localisation_radius_fwhm)
+        if mask[0] is not None:
+            picked.append(i)
+            masks.append(mask[0])
+        if len(picked) == cfg.localisation_images:
+            break
+    if not picked:
+        return np.zeros(0, np.int64), np.zeros((0, size[0], size[0]), bool)
+    stack = np.stack(masks).astype(np.float32)[:, None]
+    return np.asarray(picked), fit_size(stack, size[0], size[1])[:, 0] > 0.5
+
+
 def _neighbours(emb: np.ndarray, query_idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine similarities of the ``k`` nearest other test images of each query."""
     e = torch.nn.functional.normalize(torch.as_tensor(emb, dtype=torch.float32), dim=1)
@@ -333,6 +407,7 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
     metrics.update(_score_metrics(cfg, labels, probs, class_names))
     metrics["knn"] = _knn_metrics(cfg, run_dir, emb, labels, len(class_names))
     metrics["ood"] = _ood_metrics(dataset, probs, probs_all[is_ood], is_ood)
+    metrics["localisation"] = _localisation(cfg, model, dataset, keep, labels, class_names)
 
     scores = _scores_arrays(probs_all, emb, labels, sources_all, is_ood, class_names)
     examples = _examples_arrays(images[keep], sources_all[keep], labels, emb, class_names, cfg)

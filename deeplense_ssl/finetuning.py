@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ from .runs import (
     write_jsonl,
 )
 from .runtime import resolve_device, seed_everything
+from .tracking import final_metrics, open_tracker, require_tracker
 from .transforms import random_dihedral
 
 MAX_TRAIN_EMBEDDINGS = 20000
@@ -894,6 +896,28 @@ def _write_run(
     )
 
 
+def _track(
+    cfg: FinetuneConfig, stage: Path, run_config: dict, history: list[dict], val_metrics: dict
+) -> None:
+    """Send the run to its tracker (``cfg.log``, :mod:`deeplense_ssl.tracking`): the config,
+    every ``metrics.jsonl`` record and the kept epoch's metrics (``final/...``).
+
+    It runs as the run folder is written (``stage``, where the tracker's files go by default, so
+    they are swapped in with the run). A tracker that cannot be opened now (a bad ``log_uri``)
+    warns: the trained run is written without it.
+    """
+    try:
+        tracker = open_tracker(cfg.log, stage, uri=cfg.log_uri, name=Path(cfg.out).absolute().name)
+    except ConfigError as exc:
+        warnings.warn(f"{exc} The run is written without tracking.", RuntimeWarning, stacklevel=3)
+        return
+    with tracker:
+        tracker.log_params(run_config)
+        for row in history:
+            tracker.log_metrics(int(row["step"]), row)
+        tracker.log_metrics(int(history[-1]["step"]), final_metrics([val_metrics]))
+
+
 def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) -> Path:
     """Train a classifier on a (pretrained) backbone with a fraction of the labels.
 
@@ -919,6 +943,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
             "--random-init keeps the random backbone frozen; with --head full use --from-scratch."
         )
     check_replaceable(cfg.out, FINETUNE_KIND)  # a wrong --out fails now, not after training
+    require_tracker(cfg.log)  # so does a missing `track` extra
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
     # the order of the random draws (backbone init, splits, head init) is part of the contract
@@ -972,4 +997,5 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
             train_emb,
             train_emb_labels,
         )
+        _track(cfg, stage, run_config, history, val_metrics)
     return out

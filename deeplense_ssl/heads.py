@@ -35,6 +35,9 @@ class ProjectionHead(nn.Module):
         out_dim: width of the projection ``z`` fed to the loss.
         num_layers: number of linear layers (>= 1).
         batch_norm: BatchNorm1d after each hidden linear layer.
+        output_batch_norm: a BatchNorm1d without affine parameters on the output too (SimSiam,
+            Chen & He 2021, Sec. 4.4: "BN is applied to each fc layer, including its output
+            fc"); the last linear layer then has no bias.
 
     Shapes:
         ``(batch, in_dim) -> (batch, out_dim)``.
@@ -47,6 +50,7 @@ class ProjectionHead(nn.Module):
         out_dim: int = 128,
         num_layers: int = 2,
         batch_norm: bool = True,
+        output_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         _check_dims(in_dim=in_dim, hidden_dim=hidden_dim, out_dim=out_dim, num_layers=num_layers)
@@ -58,7 +62,9 @@ class ProjectionHead(nn.Module):
                 layers.append(nn.BatchNorm1d(hidden_dim))
             layers.append(nn.ReLU(inplace=True))
             width = hidden_dim
-        layers.append(nn.Linear(width, out_dim))
+        layers.append(nn.Linear(width, out_dim, bias=not output_batch_norm))
+        if output_batch_norm:
+            layers.append(nn.BatchNorm1d(out_dim, affine=False))
         self.layers = nn.Sequential(*layers)
         self.in_dim, self.out_dim = in_dim, out_dim
 

@@ -6,8 +6,8 @@ to PNG in memory (the report embeds it), :func:`save_png` writes one atomically.
 functions draw onto given axes, so the same panel serves a standalone file and the report.
 
 Nothing here computes a metric; the inputs are what the run folders hold (``metrics.jsonl``
-records, evaluate ``metrics.json`` dicts, ``examples.npz`` arrays), except the t-SNE projection
-of :func:`fig_tsne`, computed for display only.
+records, evaluate ``metrics.json`` dicts, ``examples.npz`` arrays), except the 2-D projection
+of :func:`fig_embedding_map` (t-SNE or UMAP), computed for display only.
 """
 
 from __future__ import annotations
@@ -24,10 +24,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.manifold import TSNE
 
+from .errors import MissingDependencyError
 from .io import atomic_output
 from .runs import LOSS_CURVE_FILE, read_metrics
 
-TSNE_MAX_POINTS = 1000
+TSNE_MAX_POINTS = 1000  # t-SNE is O(N log N) with a large constant: a stratified sample
+TSNE_ITERATIONS = 500  # half of scikit-learn's default: the clusters have settled for display
+UMAP_MAX_POINTS = 200_000  # UMAP (extra `umap`) maps 100k+ embeddings in minutes on a CPU
+# auto: t-SNE of up to TSNE_MAX_POINTS images for a test set of at most AUTO_UMAP_ABOVE, else
+# UMAP when the extra is installed (t-SNE of a sample when not); none: no map
+EMBEDDING_MAPS = ("auto", "umap", "tsne", "none")
+AUTO_UMAP_ABOVE = 5000
 RETRIEVAL_MAX_QUERIES = 6
 ATTRIBUTION_TITLES = {
     "integrated_gradients": "Integrated Gradients",
@@ -444,13 +451,13 @@ def fig_retrieval(ex: Mapping[str, np.ndarray], class_names: Sequence[str]) -> F
     return fig
 
 
-def _tsne_sample(labels: np.ndarray, seed: int) -> np.ndarray:
-    """All indices, or a stratified sample of at most :data:`TSNE_MAX_POINTS`."""
+def _stratified_sample(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """All indices, or a seeded sample of at most ``cap`` with equal shares per class."""
     rng = np.random.default_rng(seed)
     idx = np.arange(len(labels))
-    if len(idx) <= TSNE_MAX_POINTS:
+    if len(idx) <= cap:
         return idx
-    per = TSNE_MAX_POINTS // max(1, len(np.unique(labels)))
+    per = cap // max(1, len(np.unique(labels)))
     return np.concatenate(
         [
             rng.choice(
@@ -461,19 +468,120 @@ def _tsne_sample(labels: np.ndarray, seed: int) -> np.ndarray:
     )
 
 
-def fig_tsne(
-    embeddings: np.ndarray, labels: np.ndarray, class_names: Sequence[str], seed: int
+def _umap_available() -> bool:
+    try:
+        import umap  # noqa: F401  (the `umap` extra; importing it compiles numba code)
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_embedding_map(method: str, n: int) -> str:
+    """The projection :func:`fig_embedding_map` uses for ``n`` points (see EMBEDDING_MAPS).
+
+    Raises:
+        MissingDependencyError: ``umap`` asked for explicitly without the extra installed.
+    """
+    if method == "auto":
+        return "umap" if n > AUTO_UMAP_ABOVE and _umap_available() else "tsne"
+    if method == "umap" and not _umap_available():
+        raise MissingDependencyError(
+            'the UMAP embedding map needs umap-learn: pip install "deeplense-ssl[umap]", or '
+            "use --embedding-map tsne."
+        )
+    return method
+
+
+def _project(x: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """(N, D) -> (N, 2) by t-SNE or UMAP (cosine metric, the one the kNN monitors use)."""
+    if method == "umap":
+        import umap
+
+        k = int(min(15, max(2, len(x) - 1)))
+        reducer = umap.UMAP(
+            n_components=2, n_neighbors=k, metric="cosine", random_state=seed, n_jobs=1
+        )
+        return np.asarray(reducer.fit_transform(x))
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))
+    tsne = TSNE(
+        n_components=2,
+        perplexity=perplexity,
+        init="pca",
+        random_state=seed,
+        max_iter=TSNE_ITERATIONS,
+    )
+    return tsne.fit_transform(x)
+
+
+def fig_embedding_map(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    seed: int,
+    method: str = "auto",
 ) -> Figure:
-    """2-D t-SNE of a capped, stratified sample of test embeddings (N, D)."""
-    idx = _tsne_sample(labels, seed)
-    x = embeddings[idx].astype(np.float64)
-    perplexity = float(min(30.0, max(2.0, (len(idx) - 1) / 3.0)))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    """2-D map (t-SNE or UMAP, :func:`resolve_embedding_map`) of test embeddings (N, D),
+    on a stratified sample of at most TSNE_MAX_POINTS / UMAP_MAX_POINTS."""
+    method = resolve_embedding_map(method, len(labels))
+    cap = UMAP_MAX_POINTS if method == "umap" else TSNE_MAX_POINTS
+    idx = _stratified_sample(labels, cap, seed)
+    xy = _project(
+        embeddings[idx].astype(np.float64 if method == "tsne" else np.float32), method, seed
+    )
     fig = Figure(figsize=(4.8, 4.2))
     ax = fig.subplots()
+    size = 8 if len(idx) <= 5000 else 1
     for c in np.unique(labels[idx]):
         sel = labels[idx] == c
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=8, alpha=0.7, label=class_names[c])
-    ax.set(xticks=[], yticks=[], title=f"t-SNE of test embeddings (n={len(idx)})")
-    ax.legend(fontsize=8, markerscale=2)
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, alpha=0.7, label=class_names[c], linewidths=0)
+    name = "UMAP" if method == "umap" else "t-SNE"
+    ax.set(xticks=[], yticks=[], title=f"{name} of test embeddings (n={len(idx)})")
+    ax.legend(fontsize=8, markerscale=2 if size > 1 else 6)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Montages (search results, anomalies)
+# --------------------------------------------------------------------------------------------
+
+
+def fig_montage(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    *,
+    ncols: int = 8,
+    title: str | None = None,
+    highlight_first_column: bool = False,
+    tile_inches: float = 1.5,
+) -> Figure:
+    """A grid of images with a caption each, filled row by row.
+
+    Args:
+        images: (C, H, W) arrays; one band is shown grey, three as RGB, each scaled to [0, 1]
+            per image for display only (other band counts: the first band).
+        titles: one caption per image (may hold a line break), or None.
+        ncols: images per row (e.g. ``k + 1``: a query and its ``k`` neighbours per row).
+        title: figure title.
+        highlight_first_column: caption the first column in a colour (the queries).
+        tile_inches: side of one tile.
+    """
+    n = len(images)
+    ncols = max(1, min(int(ncols), n or 1))
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(tile_inches * ncols, (tile_inches + 0.35) * nrows + 0.3))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for j, img in enumerate(images):
+        ax = axes[j // ncols, j % ncols]
+        shown, cmap = _display(img)
+        ax.imshow(shown, cmap=cmap)
+        if titles is not None:
+            first = highlight_first_column and j % ncols == 0
+            ax.set_title(titles[j], fontsize=6, color="navy" if first else "black")
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return fig

@@ -17,6 +17,7 @@ of ``evaluate`` already sits there) holds the comparison table in machine-readab
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 from dataclasses import dataclass, field
@@ -35,11 +36,11 @@ from .inference import load_finetuned, predict
 from .plots import (
     fig_attribution,
     fig_confusion,
+    fig_embedding_map,
     fig_label_fraction,
     fig_retrieval,
     fig_roc,
     fig_training,
-    fig_tsne,
     png_bytes,
 )
 from .runs import (
@@ -190,6 +191,9 @@ def run_summary(run: RunRecord) -> dict[str, Any]:
         "f1_macro": m.get("f1_macro"),
         "knn_accuracy": (m.get("knn") or {}).get("accuracy"),
         "ood_auroc": (m.get("ood") or {}).get("auroc"),
+        "substructure_attribution_ratio": ((m.get("localisation") or {}).get("all") or {}).get(
+            "ratio"
+        ),
         "ci_resamples": (m.get("ci_method") or {}).get("n_resamples"),
     }
 
@@ -257,7 +261,8 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "<tr><th>run</th><th>setup</th><th>label fraction</th><th>labelled</th><th>test</th>"
         "<th>macro AUC [95% CI]</th><th>micro AUC [95% CI]</th><th>accuracy [95% CI]</th>"
-        "<th>F1 macro</th><th>kNN acc.</th><th>OOD AUROC</th></tr>"
+        "<th>F1 macro</th><th>kNN acc.</th><th>OOD AUROC</th>"
+        "<th>attribution on substructure (&times; random)</th></tr>"
     )
     body = []
     for r in rows:
@@ -268,7 +273,8 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
             f"<td>{_esc(r['n_test'])}</td><td>{_fmt_ci(r['auc_macro'], r['auc_macro_ci'])}</td>"
             f"<td>{micro}</td><td>{_fmt_ci(r['accuracy'], r['accuracy_ci'])}</td>"
             f"<td>{_fmt(r['f1_macro'])}</td><td>{_fmt(r['knn_accuracy'])}</td>"
-            f"<td>{_fmt(r['ood_auroc'])}</td></tr>"
+            f"<td>{_fmt(r['ood_auroc'])}</td>"
+            f"<td>{_fmt(r['substructure_attribution_ratio'], 2)}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -330,6 +336,30 @@ def _auc_table(m: dict[str, Any]) -> str:
     )
 
 
+def _localisation_table(loc: dict[str, Any] | None) -> str:
+    """Does the model look at the substructure? (``metrics["localisation"]``; "" when absent)."""
+    if not loc:
+        return ""
+    rows = [(name, v) for name, v in loc["per_class"].items()] + [("all", loc.get("all") or {})]
+    body = "".join(
+        f"<tr{' class=sum' if name == 'all' else ''}><td>{_esc(name)}</td>"
+        f"<td>{_esc(v.get('n'))}</td><td>{_fmt(v.get('fraction'))}</td>"
+        f"<td>{_fmt(v.get('random'))}</td><td>{_fmt(v.get('ratio'), 2)}</td></tr>"
+        for name, v in rows
+    )
+    return (
+        "<h3>Does the model look at the substructure?</h3>"
+        f"<p class=meta>Share of |{_esc(loc.get('method'))}| attribution (true class logit) "
+        f"within {_fmt(loc.get('radius_arcsec'), 2)} arcsec ({_esc(loc.get('radius_fwhm'))} PSF "
+        "FWHM) of the simulated subhalos (cdm) or vortex line (axion), against the share a "
+        "random map puts there (the masks' area). A ratio near 1 means the model looks "
+        "elsewhere (e.g. at the source position); note that a subhalo far from the ring "
+        "changes pixels on the ring, not at its own position.</p>"
+        "<table><tr><th>class</th><th>images</th><th>attribution share</th>"
+        f"<th>random map</th><th>ratio</th></tr>{body}</table>"
+    )
+
+
 def _kv_table(obj: dict[str, Any] | None) -> str:
     """A two-column table of a flat-ish dict; nested values as compact JSON."""
     if not obj:
@@ -366,8 +396,14 @@ summary{cursor:pointer;font-size:13px;margin:4px 0}.meta{color:#555;font-size:13
 """
 
 
-def _figures_html(run: RunRecord, class_names: list[str], cfg: ReportConfig, device: Any) -> str:
-    """ROC, confusion matrix, training curves, attribution, retrieval and t-SNE of a run."""
+def _figures_html(
+    run: RunRecord,
+    class_names: list[str],
+    cfg: ReportConfig,
+    device: Any,
+    maps: dict[str, tuple[str, str]],
+) -> str:
+    """ROC, confusion matrix, training curves, attribution, retrieval and embedding map of a run."""
     m = run.metrics
     parts = ["<h3>ROC curves and confusion matrix</h3>"]
     parts.append(f"<div class=figs>{_img(fig_roc(m))}{_img(fig_confusion(m))}</div>")
@@ -389,10 +425,32 @@ def _figures_html(run: RunRecord, class_names: list[str], cfg: ReportConfig, dev
         parts.append("<h3>Nearest-neighbour retrieval in embedding space (test set)</h3>")
         parts.append(_img(fig_retrieval(ex, class_names)))
     emb = scores.get("embeddings")
-    if cfg.tsne and emb is not None and len(emb) >= 5:
-        parts.append("<h3>Embedding (t-SNE)</h3>")
-        parts.append(_img(fig_tsne(emb, scores["labels"], class_names, cfg.seed)))
+    if cfg.embedding_map != "none" and emb is not None and len(emb) >= 5:
+        parts.append(_embedding_map_html(run, emb, scores["labels"], class_names, cfg, maps))
     return "\n".join(parts)
+
+
+def _embedding_map_html(
+    run: RunRecord,
+    emb: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    cfg: ReportConfig,
+    maps: dict[str, tuple[str, str]],
+) -> str:
+    """The embedding map of a run, drawn once per distinct set of test embeddings: probes on
+    the same frozen backbone share their features, and the map of an earlier run is reused
+    (``maps``: content hash -> (run name, ``<img>`` tag))."""
+    key = hashlib.sha256(emb.tobytes() + labels.tobytes()).hexdigest()
+    if key not in maps:
+        fig = fig_embedding_map(emb, labels, class_names, cfg.seed, cfg.embedding_map)
+        maps[key] = (run.name, _img(fig))
+        return "<h3>Embedding map</h3>" + maps[key][1]
+    first, img = maps[key]
+    return (
+        "<h3>Embedding map</h3><p class=meta>The same test embeddings as run "
+        f"{_esc(first)} (the same frozen backbone).</p>" + img
+    )
 
 
 def _config_html(run: RunRecord) -> str:
@@ -418,7 +476,9 @@ def _config_html(run: RunRecord) -> str:
     return "\n".join(parts)
 
 
-def _run_section(run: RunRecord, cfg: ReportConfig, device: Any) -> str:
+def _run_section(
+    run: RunRecord, cfg: ReportConfig, device: Any, maps: dict[str, tuple[str, str]]
+) -> str:
     m = run.metrics
     class_names = list(m["class_names"])
     row = run_summary(run)
@@ -433,7 +493,8 @@ def _run_section(run: RunRecord, cfg: ReportConfig, device: Any) -> str:
     for warning in m.get("warnings") or []:
         parts.append(f"<p class=note>Warning: {_esc(warning)}</p>")
     parts.append(_auc_table(m))
-    parts.append(_figures_html(run, class_names, cfg, device))
+    parts.append(_localisation_table(m.get("localisation")))
+    parts.append(_figures_html(run, class_names, cfg, device, maps))
     parts.append(_config_html(run))
     return "\n".join(parts)
 
@@ -485,8 +546,9 @@ def _document(
         + " &middot; ".join(f"<a href='#{_esc(r.name)}'>{_esc(r.name)}</a>" for r in runs)
         + "</p>"
     )
+    maps: dict[str, tuple[str, str]] = {}  # embedding maps drawn so far (by content)
     for run in runs:
-        parts.append(_run_section(run, cfg, device))
+        parts.append(_run_section(run, cfg, device, maps))
     parts.append("</body></html>")
     return "\n".join(parts)
 

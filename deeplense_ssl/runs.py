@@ -138,7 +138,15 @@ FINETUNE_FILES = (
 )
 EVALUATE_FILES = (EVAL_METRICS_FILE, SCORES_FILE, EXAMPLES_FILE)
 REPORT_FILES = (REPORT_FILE, REPORT_METRICS_FALLBACK_FILE)
-REPLACEABLE_FILES = {FINETUNE_KIND: frozenset(FINETUNE_FILES + EVALUATE_FILES + REPORT_FILES)}
+# experiment tracking (--log, deeplense_ssl.tracking): where the run records its tracker, and
+# the default TensorBoard event folder / MLflow file store inside the run folder
+TRACKING_FILE = "tracking.json"
+TENSORBOARD_DIR = "tensorboard"
+MLFLOW_DIR = "mlruns"
+TRACKING_FILES = (TRACKING_FILE, TENSORBOARD_DIR, MLFLOW_DIR)
+REPLACEABLE_FILES = {
+    FINETUNE_KIND: frozenset(FINETUNE_FILES + EVALUATE_FILES + REPORT_FILES + TRACKING_FILES)
+}
 """Per run kind written through :func:`staged_run_folder`: the names an existing folder may
 hold for the new run to replace it (its own files and the evaluation / report files that
 describe it)."""

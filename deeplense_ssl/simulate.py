@@ -29,6 +29,7 @@ Images are interleaved by class: image ``i`` has label ``i % 3``.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -942,6 +943,15 @@ def _params_from_scenes(scenes: Iterable[Scene]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
+# the params entries that place the substructure (see :func:`substructure_mask`)
+MASK_PARAMS = (
+    "subhalo_x_arcsec",
+    "subhalo_y_arcsec",
+    "vortex_angle_rad",
+    "vortex_half_length_arcsec",
+)
+
+
 def pixel_coordinates_arcsec(size: int, pixel_scale_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` arcsec of every pixel centre of a ``size``-pixel image, each ``(size, size)``:
     ``x`` grows with the column and ``y`` with the row, (0, 0) at the image centre (the frame of
@@ -989,3 +999,55 @@ def substructure_mask(
     along = np.clip(x * math.cos(angle) + y * math.sin(angle), -half, half)
     d2 = (x - along * math.cos(angle)) ** 2 + (y - along * math.sin(angle)) ** 2
     return d2 <= radius_arcsec**2
+
+
+def substructure_geometry(provenance: Any) -> tuple[int, float, float] | None:
+    """``(stored side px, pixel scale arcsec, PSF FWHM arcsec)`` of a file simulated here.
+
+    Args:
+        provenance: the file's stored ``provenance`` attribute (JSON text or dict, see
+            :func:`provenance`).
+
+    Returns:
+        The geometry, or ``None`` for a file that was not simulated by this module (no usable
+        provenance), whose substructure positions are then unknown.
+    """
+    if isinstance(provenance, bytes | str):
+        try:
+            provenance = json.loads(provenance)
+        except ValueError:
+            return None
+    if not isinstance(provenance, dict) or provenance.get("generator") != "deeplense_ssl.simulate":
+        return None
+    inst = provenance.get("instrument") or {}
+    try:
+        size = int(provenance["image_size_px"])
+        return size, float(inst["pixel_scale_arcsec"]), float(inst["psf_fwhm_arcsec"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def substructure_masks(
+    params: dict[str, np.ndarray],
+    indices: np.ndarray,
+    geometry: tuple[int, float, float],
+    radius_fwhm: float,
+) -> list[np.ndarray | None]:
+    """:func:`substructure_mask` of the images ``indices`` of a simulated file.
+
+    Args:
+        params: the file's per-image ``params`` arrays (rows aligned with the images).
+        indices: (M,) rows to mask.
+        geometry: :func:`substructure_geometry` of the file.
+        radius_fwhm: distance from the substructure that counts, in PSF FWHM.
+
+    Returns:
+        M masks ``(S, S)`` bool at the stored side ``S`` (``None`` where an image has no
+        substructure in the field).
+    """
+    size, scale, fwhm = geometry
+    keys = [k for k in MASK_PARAMS if k in params]
+    return [
+        substructure_mask({k: params[k][i] for k in keys}, size, scale, radius_fwhm * fwhm)
+        for i in np.asarray(indices, dtype=np.int64)
+    ]

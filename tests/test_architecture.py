@@ -13,19 +13,25 @@ LAYERS = [
     ["errors", "metrics", "collapse", "optim"],
     ["io", "runtime", "attribution", "backbones", "heads", "losses", "distributed", "transforms"],
     ["cleaning", "runs", "datacards", "pretext"],
-    ["datasets", "checkpoint", "plots"],
-    ["methods"],
+    ["datasets", "checkpoint", "plots", "tracking"],
+    ["methods", "streaming", "search"],
     ["config"],
     ["inference", "simulate"],
-    ["training"],
-    ["finetuning", "evaluation"],
+    ["training", "embedding"],
+    ["finetuning", "evaluation", "export"],
     ["report"],
     ["demo"],
 ]
 # imported inside functions on purpose: optional extras, or too slow for every command
 DEFERRED_IMPORTS = {
     "lenstronomy": "the `sim` extra",
+    "umap": "the `umap` extra; importing it compiles numba code (seconds)",
+    "faiss": "the `search` extra (search.FaissSearch)",
     "captum": "~0.5 s and pyplot at import; config imports attribution on every command",
+    "onnx": "the export extra (export.onnx_model_bytes)",
+    "onnxruntime": "the export extra (export._check_onnx)",
+    "onnxscript": "the export extra (the torch ONNX exporter needs it)",
+    "mlflow": "the `track` extra (tracking.MLflowTracker; ~1 s at import)",
 }
 MAX_FUNCTION_LINES = 80  # body lines, docstring excluded
 

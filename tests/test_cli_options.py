@@ -10,11 +10,15 @@ import click
 import pytest
 
 from deeplense_ssl.config import (
+    AnomalyConfig,
     ConvertConfig,
+    EmbedConfig,
     EvaluateConfig,
+    ExportConfig,
     FinetuneConfig,
     PretrainConfig,
     ReportConfig,
+    SearchConfig,
     SimulateConfig,
     field_spec,
 )
@@ -29,6 +33,10 @@ CONFIGS: dict[str, tuple[type, set[str], set[str] | None]] = {
     "finetune": (FinetuneConfig, {"config_path", "from_scratch", "random_init"}, {"init"}),
     "evaluate": (EvaluateConfig, {"config_path"}, set()),
     "report": (ReportConfig, {"config_path"}, set()),
+    "export": (ExportConfig, {"config_path"}, set()),
+    "embed": (EmbedConfig, {"config_path", "progress", "more_data"}, set()),
+    "search": (SearchConfig, {"config_path"}, set()),
+    "anomaly": (AnomalyConfig, {"config_path", "progress"}, set()),
     # commands without a config of their own: options shared with a config's fields
     "inspect": (ConvertConfig, {"path", "card", "as_json"}, None),
     "demo": (PretrainConfig, {"out", "quick"}, None),

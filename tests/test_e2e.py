@@ -44,7 +44,7 @@ def test_simulate_pretrain_finetune_evaluate_report(tmp_path):
     assert ci["lower"] <= metrics["roc_auc"]["macro"] <= ci["upper"]
     html = tmp_path / "report.html"
     _ok(run(cli, ["report", str(ft), "--out", str(html), "--attribution-methods", "saliency",
-                  "--no-tsne"]))  # fmt: skip
+                  "--embedding-map", "none"]))  # fmt: skip
     text = html.read_text()
     assert "<html" in text.lower() and "data:image/png;base64," in text
     assert f"{metrics['roc_auc']['macro']:.3f}" in text
@@ -61,12 +61,14 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
         scratch_epochs=1,
         finetune_min_steps=0,
         label_fractions=(1.0,),
+        full_finetune_fractions=(1.0,),
         stem="small",
     )
     logs: list[str] = []
     report = run_demo(tmp_path, device="cpu", plan=plan, progress=False, log=logs.append)
     assert report.exists()
-    for name in [f"{plan.method}-linear-f1", "random-linear-f1", "scratch-full-f1"]:
+    names = [f"{plan.method}-linear-f1", f"{plan.method}-full-f1", "random-linear-f1"]
+    for name in [*names, "scratch-full-f1"]:
         assert (tmp_path / "runs" / name / "metrics.json").exists(), name
     pre = tmp_path / "runs" / f"pretrain-{plan.method}"
     stamp = (pre / "backbone.pt").stat().st_mtime_ns

@@ -106,3 +106,31 @@ def test_every_listed_classifier_head_builds():
     assert kinds == {"linear": "LinearHead", "mlp": "MLPHead", "full": "LinearHead"}
     with pytest.raises(ConfigError, match="head='deep' is not one of linear, mlp, full"):
         build_classifier_head("deep", 8, 4)
+
+
+def test_simsiam_projector_matches_lightlys_head() -> None:
+    """SimSiam's projector (3 layers, BN on every layer including the output, Sec. 4.4) gives
+    the same outputs as lightly's SimSiamProjectionHead with the same weights, in train mode."""
+    from lightly.models.modules.heads import SimSiamProjectionHead
+
+    from deeplense_ssl.backbones import build_backbone
+    from deeplense_ssl.config import PretrainConfig
+    from deeplense_ssl.methods import get_method
+
+    ours = ProjectionHead(8, 32, 16, num_layers=3, output_batch_norm=True)
+    theirs = SimSiamProjectionHead(8, 32, 16)
+    ours_p = [t for t in ours.state_dict().values() if t.dtype.is_floating_point]
+    theirs_p = [t for t in theirs.state_dict().values() if t.dtype.is_floating_point]
+    assert [t.shape for t in ours_p] == [t.shape for t in theirs_p]
+    torch.manual_seed(0)
+    for a, b in zip(ours_p, theirs_p, strict=True):
+        a.copy_(torch.randn_like(a) if a.dim() > 1 else a)
+        b.copy_(a)
+    x = torch.randn(6, 8)
+    torch.testing.assert_close(ours.train()(x), theirs.train()(x))
+    out = ours(x)  # the output is standardised per dimension over the batch
+    torch.testing.assert_close(out.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    cfg = PretrainConfig(data="x.h5", method="simsiam", proj_layers=3)
+    method = get_method("simsiam")(build_backbone("resnet18"), cfg, 1, 16)
+    assert isinstance(method.projector.layers[-1], nn.BatchNorm1d)
+    assert not method.projector.layers[-1].affine

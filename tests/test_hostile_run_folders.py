@@ -271,7 +271,7 @@ def test_report_on_a_damaged_run_is_one_line_naming_the_file(evaluated, tmp_path
     copy = _copy(run, tmp_path / "ft")
     damaged = _damage(copy, what)
     report = tmp_path / "rep" / "report.html"
-    code, err = _main(["report", copy, "--out", report, "--no-tsne"], capsys)
+    code, err = _main(["report", copy, "--out", report, "--embedding-map", "none"], capsys)
     line = _one_line(err)
     assert code == 1 and f"{damaged}:" in line and REPORT_DAMAGE[what] in line, line
     assert not report.parent.exists()
@@ -283,7 +283,7 @@ def test_report_html_and_its_metrics_are_published_together(evaluated, tmp_path,
 
     _, run = evaluated
     out = tmp_path / "report.html"
-    cfg = ReportConfig(runs=[str(run)], out=str(out), tsne=False, attribution_methods=[])
+    cfg = ReportConfig(runs=[str(run)], out=str(out), embedding_map="none", attribution_methods=[])
     report_module.build_report(cfg)
     before = _snapshot(tmp_path)
     assert sorted(before) == ["metrics.json", "report.html"]
@@ -387,7 +387,7 @@ def _outputs(evaluated, folder: Path) -> list[tuple[list, Path]]:
     root, run = evaluated
     return [
         (_evaluate(run, root, "--out", folder / "metrics.json"), folder / "metrics.json"),
-        (["report", run, "--out", folder / "r.html", "--no-tsne"], folder / "r.html"),
+        (["report", run, "--out", folder / "r.html", "--embedding-map", "none"], folder / "r.html"),
         (["inspect", root / "test.h5", "--card", folder / "card.md"], folder / "card.md"),
     ]
 

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 
 from deeplense_ssl import plots
+from deeplense_ssl.errors import MissingDependencyError
 from deeplense_ssl.runs import LOSS_CURVE_FILE, METRICS_FILE
 
 HISTORY = [
@@ -126,7 +128,8 @@ def test_image_figures_and_png_bytes_without_pyplot():
     retrieval = plots.fig_retrieval(ex, ["a", "b"])
     assert len(retrieval.axes) == 4 * 3  # queries round-robin over classes: 0, 2, 1, 3
     assert [retrieval.axes[3 * r].get_title() for r in range(4)] == ["query: a", "query: b"] * 2
-    tsne = plots.fig_tsne(rng.standard_normal((12, 5)), np.repeat([0, 1, 2], 4), list("abc"), 0)
+    emb, labels = rng.standard_normal((12, 5)), np.repeat([0, 1, 2], 4)
+    tsne = plots.fig_embedding_map(emb, labels, list("abc"), 0)
     assert tsne.axes[0].get_title() == "t-SNE of test embeddings (n=12)"
     assert plots.png_bytes(fig).startswith(PNG_MAGIC)
 
@@ -166,3 +169,33 @@ def test_collapse_monitor_is_drawn_beside_the_loss():
     twin = [a for a in fig.axes if a.get_ylabel() == "mean per-dim std"]
     assert list(twin[0].get_lines()[0].get_ydata()) == [0.02, 1e-5]
     assert plots.draw_collapse_curve(fig.axes[0], pre[:4]) is False  # nothing logged: no panel
+
+
+def test_embedding_map_choices_and_umap(monkeypatch):
+    from deeplense_ssl import config
+
+    assert config.EMBEDDING_MAPS == plots.EMBEDDING_MAPS  # the config's copy of the choice list
+    n = plots.AUTO_UMAP_ABOVE
+    assert plots.resolve_embedding_map("auto", n) == "tsne"
+    assert plots.resolve_embedding_map("auto", n + 1) == "umap"  # umap-learn is a dev extra
+    monkeypatch.setattr(plots, "_umap_available", lambda: False)
+    assert plots.resolve_embedding_map("auto", n + 1) == "tsne"
+    with pytest.raises(MissingDependencyError, match=r"deeplense-ssl\[umap\]"):
+        plots.resolve_embedding_map("umap", 10)
+    monkeypatch.undo()
+    rng = np.random.default_rng(0)
+    centres = np.repeat(np.eye(3, 8) * 20, 20, axis=0)  # three well-separated clusters
+    emb, labels = centres + rng.standard_normal((60, 8)), np.repeat([0, 1, 2], 20)
+    fig = plots.fig_embedding_map(emb, labels, list("abc"), 0, "umap")
+    assert fig.axes[0].get_title() == "UMAP of test embeddings (n=60)"
+    xy = np.concatenate([c.get_offsets() for c in fig.axes[0].collections])
+    # clusters stay apart in the map: each point's nearest other point has its label
+    d = ((xy[:, None] - xy[None]) ** 2).sum(-1) + np.eye(60) * 1e9
+    assert (labels[d.argmin(1)] == labels).mean() > 0.95
+
+
+def test_stratified_sample_caps_with_equal_class_shares():
+    labels = np.repeat([0, 1], [90, 30])
+    idx = plots._stratified_sample(labels, 40, seed=1)
+    assert len(idx) == 40 and (labels[idx] == 0).sum() == 20 and len(set(idx)) == 40
+    assert np.array_equal(plots._stratified_sample(labels, 500, 1), np.arange(120))

@@ -33,8 +33,11 @@ def test_report_is_self_contained_and_shows_the_metrics(two_runs, tmp_path):
     doc = out.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:|file:|//)""", doc)  # nothing external
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', doc)
-    # per run: ROC, confusion, training, attribution, retrieval, t-SNE; plus label-fraction plot
+    # per run: ROC, confusion, training, attribution, retrieval, embedding map; plus the
+    # label-fraction plot
     assert len(images) == 2 * 6 + 1
+    # both probes sit on the same frozen backbone: one map, drawn once, shown for both runs
+    assert images[6] == images[12] and doc.count("The same test embeddings as run") == 1
     for run, m in runs:
         assert run.name in doc
         assert f"{m['roc_auc']['macro']:.3f}" in doc
@@ -45,7 +48,7 @@ def test_report_is_self_contained_and_shows_the_metrics(two_runs, tmp_path):
         "Training curves",
         "Attribution maps",
         "Nearest-neighbour retrieval",
-        "Embedding (t-SNE)",
+        "Embedding map",
         "fine-tuning data",
     ):
         assert doc.count(heading) == (1 if "label fraction" in heading else 2), heading
@@ -65,7 +68,7 @@ def test_report_beside_an_evaluate_metrics_file_does_not_overwrite_it(two_runs):
         {
             "runs": [str(run / "metrics.json")],
             "out": str(run / "report.html"),
-            "tsne": False,
+            "embedding_map": "none",
             "attribution_methods": [],
         },
     )

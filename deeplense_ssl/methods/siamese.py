@@ -9,15 +9,17 @@
   network, a stop-gradient on the other branch's projection; loss ``-cos`` symmetrised.
 
 Both use the ``augment`` preset for their two views and the projector sizes of the config
-(``proj_hidden_dim``, ``proj_out_dim``, ``proj_layers``); the predictor is a 2-layer MLP,
-``out -> hidden -> out`` for BYOL and a bottleneck ``out -> hidden / 4 -> out`` for SimSiam
-(SimSiam Sec. 4.4: a 4x bottleneck).
+(``proj_hidden_dim``, ``proj_out_dim``, ``proj_layers``; the SimSiam paper uses 3 layers,
+``--proj-layers 3``); SimSiam's projector also normalises its output (BatchNorm without
+affine parameters, Sec. 4.4, as lightly's ``SimSiamProjectionHead``). The predictor is a
+2-layer MLP, ``out -> hidden -> out`` for BYOL and a bottleneck ``out -> hidden / 4 -> out`` for
+SimSiam (SimSiam Sec. 4.4: a 4x bottleneck).
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..heads import ProjectionHead
 from ..losses import NegativeCosineLoss
@@ -104,6 +106,16 @@ class SimSiam(_Predictive):
     @staticmethod
     def predictor_hidden(proj_hidden_dim: int) -> int:
         return max(1, proj_hidden_dim // 4)
+
+    def projection_head(self, cfg: MethodSettings) -> nn.Module:
+        """The config's projection MLP with a BatchNorm on its output (SimSiam Sec. 4.4)."""
+        return ProjectionHead(
+            self.feature_dim,
+            cfg.proj_hidden_dim,
+            cfg.proj_out_dim,
+            num_layers=cfg.proj_layers,
+            output_batch_norm=True,
+        )
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """``(predictions, projections)``, each ``(2 * B, out)``; the loss detaches the

@@ -50,21 +50,25 @@ from ..distributed import (
     cleanup_distributed,
     gather_objects,
     setup_distributed,
-    shard_batch_indices,
 )
-from ..errors import ConfigError, TrainingDivergedError
+from ..errors import ConfigError, DataError, TrainingDivergedError
+from ..io import format_bytes
 from ..methods import Method, get_method
 from ..optim import build_optimizer, warmup_cosine
 from ..plots import plot_loss_curve
-from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, METRICS_FILE, write_run_config
+from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, METRICS_FILE, read_metrics, write_run_config
 from ..runtime import resolve_amp_dtype, resolve_device, seed_everything
+from ..streaming import StreamReader
+from ..tracking import Tracker, final_metrics, open_tracker, require_tracker
 from .data import (
     IN_MEMORY_DATA,
-    data_fingerprint,
+    MemoryBatches,
+    Prefetcher,
+    StreamBatches,
+    TrainingData,
     epoch_permutation,
-    fetch,
     first_rendering,
-    load_images,
+    open_training_data,
     put_on_device,
 )
 from .monitoring import (
@@ -115,6 +119,7 @@ def pretrain(
     if dataset is not None and not cfg.data:
         cfg.data = IN_MEMORY_DATA
     cfg.validate()
+    require_tracker(cfg.log)  # a missing extra fails now, not after loading the data
     info = setup_distributed(resolve_device(cfg.device))
     try:
         return _run(cfg, info, progress, dataset, on_step)
@@ -128,19 +133,23 @@ def _run(
     run_dir = Path(cfg.out)
     cfg_dict = config_to_dict(cfg)
     state = check_resume(run_dir, cfg_dict, cfg.resume)
-    images, labels, class_names = load_images(cfg, dataset)
-    plan = make_plan(cfg, info, images, labels, class_names)
-    if state is not None:
-        check_resolved(run_dir, state["resolved"], plan.resolved)
-    session = build(cfg, info, plan, images, labels, run_dir, cfg_dict)
-    if state is not None:
-        restore(session, state)
-    open_run_folder(session)
+    data = open_training_data(cfg, dataset, None if state is None else state["resolved"], info)
     try:
-        train_loop(session, progress, on_step)
+        plan = make_plan(cfg, info, data)
+        if state is not None:
+            check_resolved(run_dir, state["resolved"], plan.resolved)
+        session = build(cfg, info, plan, data, run_dir, cfg_dict)
+        if state is not None:
+            restore(session, state)
+        open_run_folder(session)
+        with session.metrics.tracker:  # closed after finish(), marked failed on an exception
+            try:
+                train_loop(session, progress, on_step)
+            finally:
+                session.metrics.close()
+            finish(session)
     finally:
-        session.metrics.close()
-    finish(session)
+        data.close()
     return run_dir
 
 
@@ -177,17 +186,12 @@ def _knn_split(cfg: PretrainConfig, labels: np.ndarray, class_names: list[str]):
     return train_idx, val_idx
 
 
-def make_plan(
-    cfg: PretrainConfig,
-    info: DistInfo,
-    images: np.ndarray,
-    labels: np.ndarray,
-    class_names: list[str],
-) -> Plan:
+def make_plan(cfg: PretrainConfig, info: DistInfo, data: TrainingData) -> Plan:
     """Split, batch arithmetic, schedule length, learning rate and precision of the run, and
     the fingerprint of its data (a resume on other data is refused)."""
-    train_idx, val_idx = _knn_split(cfg, labels, class_names)
-    n_train, in_chans, size = len(train_idx), images.shape[-3], images.shape[-1]
+    class_names = data.class_names
+    train_idx, val_idx = _knn_split(cfg, data.labels, class_names)
+    n_train, in_chans, size = len(train_idx), data.shape[-3], data.shape[-1]
     global_batch = cfg.batch_size * info.world_size
     steps_per_epoch = n_train // global_batch
     if steps_per_epoch == 0:
@@ -215,8 +219,11 @@ def make_plan(
         "class_names": class_names,
         "device": info.device.type,
         "amp": str(amp).removeprefix("torch.") if amp else "off",
-        FINGERPRINT_KEY: data_fingerprint(images, labels),  # a resume on other data is refused
+        FINGERPRINT_KEY: data.fingerprint,  # a resume on other data is refused
+        "data_mode": data.mode,  # a resume keeps it (and the streaming order)
     }
+    if data.layout is not None:
+        resolved["stream_layout"] = dataclasses.asdict(data.layout)
     return Plan(
         train_idx, val_idx, global_batch, steps_per_epoch, total_steps, stop_step,
         warmup_steps, lr, amp, resolved,
@@ -242,13 +249,15 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    data: Tensor
+    data: Tensor | None  # the training set on the device (None: streamed from ``source``)
     labels: np.ndarray
+    source: TrainingData
     val_data: Tensor | None = None
     bank_idx: np.ndarray | None = None
     monitor_idx: np.ndarray | None = None
     step: int = 0
     metrics_bytes: int | None = None
+    saved_step: int | None = None  # step of the latest checkpoint (None: none yet)
     metrics: MetricsLog = field(init=False)
 
 
@@ -273,14 +282,13 @@ def build(
     cfg: PretrainConfig,
     info: DistInfo,
     plan: Plan,
-    images: np.ndarray,
-    labels: np.ndarray,
+    source: TrainingData,
     run_dir: Path,
     cfg_dict: dict[str, Any],
 ) -> Session:
     """The method on the device, its optimiser, schedule, grad scaler, and the data."""
     device = info.device
-    in_chans, size = images.shape[-3], images.shape[-1]
+    in_chans, size = source.shape[-3], source.shape[-1]
     method = build_method_for(cfg, in_chans, size, info.enabled)
     if info.enabled and device.type == "cuda" and cfg.sync_batchnorm:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -296,18 +304,39 @@ def build(
     scaler = torch.amp.GradScaler(device.type, enabled=plan.amp == torch.float16)
     if info.rank > 0:  # distinct augmentations per rank; rank 0 matches a single process
         torch.manual_seed(cfg.seed + 7919 * info.rank)
-    n_all, train_idx = len(images), plan.train_idx
-    data = put_on_device(images if len(train_idx) == n_all else images[train_idx], device)
+    train_idx, images = plan.train_idx, source.images
+    data = None
+    if images is not None:  # in memory: the training rows on the device (or pinned host)
+        data = put_on_device(images if len(train_idx) == len(images) else images[train_idx], device)
     session = Session(
         cfg, info, plan, run_dir, cfg_dict, method, _wrap(method, cfg, info), optimizer,
-        scheduler, scaler, data, labels,
+        scheduler, scaler, data, source.labels, source,
     )  # fmt: skip
     if cfg.knn_monitor:
-        session.val_data = torch.from_numpy(images[plan.val_idx])
+        session.val_data = torch.from_numpy(_val_images(source, plan.val_idx))
         session.bank_idx = knn_bank_indices(len(train_idx), cfg.seed)
     if cfg.collapse_monitor_size:
         session.monitor_idx = monitor_indices(len(train_idx), cfg.collapse_monitor_size, cfg.seed)
     return session
+
+
+def _val_images(source: TrainingData, val_idx: np.ndarray) -> np.ndarray:
+    """The kNN monitor's held-out images, read once (refused beyond the memory budget)."""
+    nbytes = len(val_idx) * 4 * math.prod(source.shape)
+    if source.mode == "stream" and source.budget is not None and nbytes > source.budget // 4:
+        raise ConfigError(
+            f"the kNN monitor's {len(val_idx)} held-out images ({format_bytes(nbytes)}) take "
+            "more than a quarter of the memory budget (--max-memory-gb); lower "
+            "--knn-val-fraction or turn the monitor off."
+        )
+    return source.read(val_idx)
+
+
+def _train_rows(s: Session, idx: np.ndarray) -> Tensor:
+    """Training images at positions ``idx`` of the training split (monitors)."""
+    if s.data is not None:
+        return s.data[torch.from_numpy(idx).to(s.data.device)]
+    return torch.from_numpy(s.source.read(s.plan.train_idx[idx]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +355,7 @@ def restore(s: Session, state: dict[str, Any]) -> None:
     s.scaler.load_state_dict(state["scaler"])
     restore_rng_state(state["rng"][s.info.rank])
     s.step, s.metrics_bytes = int(state["step"]), int(state["metrics_bytes"])
+    s.saved_step = s.step
 
 
 def _run_config(s: Session, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -334,18 +364,23 @@ def _run_config(s: Session, resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def open_run_folder(s: Session) -> None:
-    """Write ``config.json`` (rank 0), drop a stale ``backbone.pt``, open the metrics log."""
+    """Write ``config.json`` (rank 0), drop a stale ``backbone.pt``, open the metrics log and
+    its tracker (``cfg.log``; a resumed run continues its tracker run from ``s.step``)."""
+    tracker = Tracker()
     if s.info.is_main:
         s.run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(s.run_dir, _run_config(s, s.plan.resolved))
         if s.step < s.plan.stop_step:
             (s.run_dir / BACKBONE_FILE).unlink(missing_ok=True)  # not final any more
-    s.metrics = MetricsLog(s.run_dir / METRICS_FILE, s.info.is_main, s.metrics_bytes)
+        tracker = open_tracker(s.cfg.log, s.run_dir, uri=s.cfg.log_uri, start_step=s.step)
+        tracker.log_params(_run_config(s, s.plan.resolved))
+    s.metrics = MetricsLog(s.run_dir / METRICS_FILE, s.info.is_main, s.metrics_bytes, tracker)
 
 
 def save(s: Session, finished: bool) -> None:
     """Write ``checkpoint.pt`` (rank 0; every rank's RNG state is gathered first)."""
     rng = gather_objects(capture_rng_state(), s.info)
+    s.saved_step = s.step
     if not s.info.is_main:
         return
     p, step = s.plan, s.step
@@ -389,6 +424,7 @@ def finish(s: Session) -> None:
         }
         write_run_config(s.run_dir, _run_config(s, final))
         plot_loss_curve(s.run_dir)
+        s.metrics.tracker.log_metrics(s.step, final_metrics(read_metrics(s.run_dir)))
     barrier(s.info)
 
 
@@ -408,11 +444,47 @@ class _Window:
     t0: float = field(default_factory=time.perf_counter)
 
 
-def _batch(s: Session, perm: Tensor) -> Tensor:
-    p = s.plan
-    start = (s.step % p.steps_per_epoch) * p.global_batch
-    idx = shard_batch_indices(perm[start : start + p.global_batch], s.info.rank, s.info.world_size)
-    return fetch(s.data, idx, s.info.device)
+def batches(s: Session) -> Prefetcher:
+    """This rank's batches of the steps ``s.step .. plan.stop_step - 1``, in order, made
+    ``cfg.prefetch`` steps ahead by a background thread (the same batches with 0): slices of
+    the in-memory set in the order of :func:`epoch_permutation`, or read from the shards in
+    the order of :class:`~deeplense_ssl.streaming.ChunkedOrder`."""
+    p, info = s.plan, s.info
+    make: Callable[[int], Tensor]
+    if s.data is not None:
+        make = MemoryBatches(
+            s.data,
+            lambda epoch: epoch_permutation(s.cfg.seed, epoch, len(p.train_idx)),
+            p.steps_per_epoch,
+            p.global_batch,
+            info.rank,
+            info.world_size,
+            info.device,
+        )
+    else:
+        assert s.source.stream is not None and s.source.layout is not None
+        reader = StreamReader(
+            s.source.stream, p.train_idx, s.cfg.seed, s.source.layout, p.steps_per_epoch,
+            p.global_batch, info.rank, info.world_size,
+        )  # fmt: skip
+        make = StreamBatches(reader, info.device)
+    return Prefetcher(make, range(s.step, p.stop_step), s.cfg.prefetch, info.device)
+
+
+def _next_batch(s: Session, feed: Prefetcher) -> Tensor:
+    """The next batch; a data error while streaming names the last checkpoint to resume."""
+    try:
+        return feed.next()
+    except DataError as exc:
+        if s.data is not None:
+            raise
+        saved = "no checkpoint was written yet"
+        if s.saved_step is not None:
+            saved = f"the run stopped at its last checkpoint (step {s.saved_step})"
+        raise DataError(
+            f"{exc} Training stopped at step {s.step}: {saved}; run the same command with "
+            "--resume once the data are readable again."
+        ) from exc
 
 
 def _check_finite(s: Session, loss_sum: Tensor, first: int, last: int) -> float:
@@ -455,13 +527,13 @@ def _monitors(s: Session, epoch: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if s.val_data is not None and s.bank_idx is not None:
         train_labels = s.labels[s.plan.train_idx]
-        bank = first_rendering(s.data[torch.from_numpy(s.bank_idx).to(s.data.device)])
+        bank = first_rendering(_train_rows(s, s.bank_idx))
         val_labels = s.labels[s.plan.val_idx]
         out["knn_top1"] = knn_monitor(
             backbone, bank, train_labels[s.bank_idx], s.val_data, val_labels, device, **kw
         )
     if s.monitor_idx is not None and len(s.monitor_idx) >= 2:
-        rows = first_rendering(s.data[torch.from_numpy(s.monitor_idx).to(s.data.device)])
+        rows = first_rendering(_train_rows(s, s.monitor_idx))
         out.update(collapse_monitor(backbone, rows, device, **kw))
         if "collapse_warning" in out:
             tqdm.write(f"warning: epoch {epoch}: {out['collapse_warning']}", file=sys.stderr)
@@ -496,17 +568,15 @@ def train_loop(s: Session, progress: bool, on_step: OnStep | None) -> None:
     )
     zero = torch.zeros((), device=device)
     w = _Window(zero.clone(), zero.clone(), s.step, s.step)
-    perm_epoch, perm = -1, torch.empty(0, dtype=torch.int64)
     s.method.train()
+    feed = batches(s)
     try:
         while s.step < p.stop_step:
             epoch = s.step // p.steps_per_epoch
-            if epoch != perm_epoch:
-                perm_epoch, perm = epoch, epoch_permutation(cfg.seed, epoch, len(p.train_idx))
             loss = training_step(
                 s.net,
                 s.method,
-                _batch(s, perm),
+                _next_batch(s, feed),
                 s.optimizer,
                 scaler=s.scaler,
                 amp=p.amp,
@@ -524,6 +594,7 @@ def train_loop(s: Session, progress: bool, on_step: OnStep | None) -> None:
             if on_step is not None and s.info.is_main:
                 on_step(s.step, record)
     finally:
+        feed.close()
         bar.close()
 
 

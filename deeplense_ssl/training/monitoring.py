@@ -1,7 +1,8 @@
 """What pretraining watches while it runs: the metrics log, the kNN and collapse monitors.
 
 ``metrics.jsonl`` is append-only and truncated to the checkpoint's byte offset on resume, so a
-resumed run's log equals an uninterrupted run's.
+resumed run's log equals an uninterrupted run's. Every record written also goes to the run's
+experiment tracker (:mod:`deeplense_ssl.tracking`, ``--log``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from ..collapse import collapse_warning, effective_rank, embedding_std
 from ..inference import embed
 from ..metrics import knn_predict
+from ..tracking import Tracker
 
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
@@ -30,10 +32,15 @@ class MetricsLog:
         path: the log file.
         enabled: write at all (rank 0 only).
         truncate_to: byte offset recorded in the checkpoint being resumed (``None``: new log).
+        tracker: where every record also goes (:func:`deeplense_ssl.tracking.open_tracker`;
+            default: nowhere). It is not closed here: its owner closes it.
     """
 
-    def __init__(self, path: Path, enabled: bool, truncate_to: int | None) -> None:
+    def __init__(
+        self, path: Path, enabled: bool, truncate_to: int | None, tracker: Tracker | None = None
+    ) -> None:
         self.path, self.enabled = path, enabled
+        self.tracker = tracker if tracker is not None else Tracker()
         self._fh: IO[bytes] | None = None
         if not enabled:
             return
@@ -46,10 +53,11 @@ class MetricsLog:
             self._fh = open(path, "wb")  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one JSON line (flushed)."""
+        """Append one JSON line (flushed) and send the record to the tracker."""
         if self._fh is not None:
             self._fh.write((json.dumps(record) + "\n").encode())
             self._fh.flush()
+            self.tracker.log_metrics(int(record["step"]), record)
 
     def offset(self) -> int:
         """Bytes written so far (stored in checkpoints)."""

@@ -22,11 +22,18 @@ from typing import Any
 from torch import Tensor
 
 from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_V1, load_checkpoint
+from ..config import PretrainConfig, config_to_dict
 from ..errors import CheckpointError
 from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE, PRETRAIN_KIND, read_json
 
-RESUMABLE_CHANGES = frozenset({"epochs", "max_steps", "resume"})
-"""Config fields that may differ between a checkpoint and the run resuming it."""
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "max_steps", "resume", "prefetch", "max_memory_gb", "log", "log_uri"}
+)
+"""Config fields that may differ between a checkpoint and the run resuming it: the schedule
+length, how the data are fed (not a single batch changes) and where metrics are tracked."""
+
+FIELD_DEFAULTS = config_to_dict(PretrainConfig())
+"""Default of every config field: what a run written before a field existed used."""
 
 MUST_MATCH_ON_RESUME = ("world_size", "n_train", "input_shape")
 """Resolved values that a resume needs unchanged (same data and number of processes)."""
@@ -96,7 +103,12 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``"key: old -> new"`` for every config field that differs, except resumable ones."""
+    """``"key: old -> new"`` for every config field that differs, except resumable ones.
+
+    A field missing from ``old`` (added after the run started) counts as its default, so a new
+    field left at its default does not block resuming an older run.
+    """
+    old = {**{k: v for k, v in FIELD_DEFAULTS.items() if k not in old and k in new}, **old}
     keys = sorted((set(old) | set(new)) - RESUMABLE_CHANGES)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
