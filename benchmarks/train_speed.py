@@ -43,16 +43,20 @@ Run (exact commands used for benchmarks/README.md, on a shared 2-core CPU)::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 512 --size 32 \
         --batch 64 --stem cifar --threads 1 --steps 8 --rounds 0 --contenders ours,ours-nchw
 
-Overlap and streaming (issue 13; phase 2 only, whole runs in fresh subprocesses)::
+Overlap and streaming (issue 13; phase 2 only, whole runs in fresh subprocesses; the exact
+commands behind benchmarks/results/train_speed_{prefetch,stream_32px,stream_128px}_cpu.json)::
 
     # the same epoch with the background batch producer on (prefetch 2) and off (0)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 512 --size 32 \
-        --batch 64 --stem cifar --threads 1 --steps 0 --rounds 2 --contenders ours,ours-noprefetch
-    # an HDF5 file 4x the memory budget: loaded whole vs streamed under --max-memory-gb; the
+        --batch 64 --stem cifar --threads 1 --rounds 3 --contenders ours,ours-noprefetch
+    # an HDF5 file 4x the memory budget, loaded whole vs streamed under --max-memory-gb; the
     # step rate is timed from step 3 to the last (loading excluded), peak RSS includes it
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 4096 --size 64 \
-        --chans 3 --batch 32 --stem small --threads 1 --steps 0 --rounds 2 --max-steps 24 \
-        --memory-gb 0.046875 --data-file /tmp/train_speed_4x.h5 \
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 8192 --size 128 \
+        --chans 1 --batch 16 --stem small --threads 1 --rounds 2 --max-steps 14 \
+        --memory-gb 0.125 --data-file /tmp/train_speed_4x.h5 --contenders file-memory,file-stream
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_speed.py --n 32768 --size 32 \
+        --chans 1 --batch 64 --stem cifar --threads 1 --rounds 2 --max-steps 20 \
+        --memory-gb 0.03125 --data-file /tmp/train_speed_4x_32px.h5 \
         --contenders file-memory,file-stream
 
 GPU (not run here: no GPU in this workplace)::

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import (
     EvaluateConfig,
@@ -146,10 +147,12 @@ def finetune_variants(plan: DemoPlan, pre_dir: Path) -> list[tuple[str, dict]]:
     SSL full fine-tune (at ``plan.full_finetune_fractions``), the random-backbone probe and the
     supervised-from-scratch baseline. The end-to-end runs train ``plan.scratch_epochs``."""
     variants: list[tuple[str, dict]] = []
-    pretrained = dict(checkpoint=str(pre_dir), init="pretrained")
+    pretrained: dict[str, Any] = dict(checkpoint=str(pre_dir), init="pretrained")
     for frac in plan.label_fractions:
         tag = f"f{frac:g}"
-        runs = [(f"{plan.method}-linear-{tag}", dict(pretrained, head="linear"))]
+        runs: list[tuple[str, dict[str, Any]]] = [
+            (f"{plan.method}-linear-{tag}", dict(pretrained, head="linear"))
+        ]
         if frac in plan.full_finetune_fractions:
             full = dict(pretrained, head="full", epochs=plan.scratch_epochs)
             runs.append((f"{plan.method}-full-{tag}", full))
