@@ -223,26 +223,8 @@ def _clean_blocks(
     scale = normalize if normalize != "zscore-dataset" or stats is not None else "none"
     for start in range(0, len(src), block_size):
         stop = min(start + block_size, len(src))
-        if buffer is not None and src.stacked:
-            raw, params = src.read_block(start, stop, out=buffer(stop - start))
-        else:
-            raw, params = src.read_block(start, stop)
-        clean = _clean_stacked if src.stacked else _clean_files
-        arr, kept, counts, report = clean(src, raw, start, nan_policy, image_size, fit_mode)
-        params = {k: np.asarray(v)[kept] for k, v in params.items()}
-        if scale != "none":
-            # In place is safe: a block is read once from a source that is closed afterwards;
-            # read-only memory maps are copied.
-            copy = not arr.flags.writeable
-            try:
-                arr = normalize_images(arr, scale, stats, copy=copy, path=src.path, start=start)
-            except DataError as exc:
-                if exc.index is None:
-                    raise
-                index = start + int(kept[exc.index - start])
-                file = None if src.stacked else src.files[index]  # type: ignore[attr-defined]
-                raise _located(exc, src.path, index, file) from exc
-        yield _Block(arr, start + kept, counts[kept], params, report)
+        out = buffer(stop - start) if buffer is not None and src.stacked else None
+        yield _clean_range(src, start, stop, nan_policy, image_size, fit_mode, scale, stats, out)
 
 
 def _located(exc: DataError, path: Any, index: int, file: Any = None) -> DataError:
@@ -1088,9 +1070,18 @@ def _clean_range(
     fit_mode: str,
     normalize: str,
     stats: NormStats | None,
+    out: np.ndarray | None = None,
 ) -> _Block:
-    """Read and clean images ``start:stop`` of ``src`` (one step of :func:`_clean_blocks`)."""
-    raw, params = src.read_block(start, stop)
+    """Read and clean images ``start:stop`` of ``src``: layout/dtype -> NaN policy -> size ->
+    scaling (one step of :func:`_clean_blocks` and :func:`iter_clean_blocks`).
+
+    ``out``: a float32 buffer a stacked source reads into (the block is then cleaned in place:
+    safe, since a block is read once; read-only memory maps are copied).
+    """
+    if out is not None:
+        raw, params = src.read_block(start, stop, out=out)
+    else:
+        raw, params = src.read_block(start, stop)
     clean = _clean_stacked if src.stacked else _clean_files
     arr, kept, counts, report = clean(src, raw, start, nan_policy, image_size, fit_mode)
     params = {k: np.asarray(v)[kept] for k, v in params.items()}
