@@ -28,7 +28,11 @@ C = EvaluateConfig
     type=click.Path(exists=True, file_okay=False),
     help="Finetune run folder (the --out of `deeplense-ssl finetune`).",
 )
-@field_option(C, "data", type=click.Path(exists=True), help="Labelled test data.")
+@field_option(
+    C,
+    "data",
+    help="Labelled test data; several HDF5 shards as a comma-separated list or a quoted glob.",
+)
 @field_option(
     C,
     "out",
@@ -57,6 +61,19 @@ C = EvaluateConfig
     C,
     "localisation_radius_fwhm",
     help="Distance from the substructure that counts as on it, in PSF FWHM.",
+)
+@field_option(
+    C,
+    "data_mode",
+    help="stream: score --data block by block, never loading it (resumable: a killed run "
+    "continues from <out>.partial); in-memory: load it; auto: stream when the cleaned set is "
+    "larger than --max-memory-gb or --data names several files.",
+)
+@field_option(
+    C,
+    "max_memory_gb",
+    help="Memory budget of the test images in GiB for --data-mode auto (default: half of the "
+    "available memory).",
 )
 @normalize_option(C, "Per-image scaling; auto: as the model was trained (recommended).")
 @nan_policy_option(C)

@@ -16,6 +16,7 @@ from .options import (
     nan_policy_option,
     normalize_option,
     seed_option,
+    tracking_options,
 )
 
 C = FinetuneConfig
@@ -91,18 +92,7 @@ C = FinetuneConfig
 )
 @field_option(C, "backbone", help="Architecture of a baseline without --checkpoint.")
 @field_option(C, "stem", help="Stem of a baseline without --checkpoint.")
-@field_option(
-    C,
-    "log",
-    help="Also send metrics.jsonl, the config and the final metrics to TensorBoard or MLflow "
-    '(needs pip install "deeplense-ssl[track]").',
-)
-@field_option(
-    C,
-    "log_uri",
-    help="--log tensorboard: the event folder; mlflow: the tracking URI (default: "
-    "OUT/tensorboard, file:OUT/mlruns).",
-)
+@tracking_options(C)
 @normalize_option(C, "Per-image scaling; auto: as in the pretrain run (minmax without one).")
 @nan_policy_option(C)
 @image_size_option(C)

@@ -152,6 +152,37 @@ def normalize_option(cls: type, help_text: str) -> Decorator:
     return field_option(cls, "normalize", help=help_text)
 
 
+def _stacked(options: list[Decorator]) -> Decorator:
+    """One decorator applying ``options`` in the order given (first = first in --help)."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def tracking_options(cls: type) -> Decorator:
+    """``--log`` / ``--log-uri`` of ``cls`` (experiment tracking: pretrain, finetune)."""
+    return _stacked(
+        [
+            field_option(
+                cls,
+                "log",
+                help="Also send metrics.jsonl, the config and the final metrics to TensorBoard "
+                'or MLflow (needs pip install "deeplense-ssl[track]").',
+            ),
+            field_option(
+                cls,
+                "log_uri",
+                help="--log tensorboard: the event folder; mlflow: the tracking URI (default: "
+                "OUT/tensorboard, file:OUT/mlruns).",
+            ),
+        ]
+    )
+
+
 def reader_options(cls: type) -> Decorator:
     """The options that say how to read labels and arrays of a source (convert, inspect)."""
     options = [
@@ -177,13 +208,7 @@ def reader_options(cls: type) -> Decorator:
         field_option(cls, "images_key", help="Image dataset name in HDF5/.npz if ambiguous."),
         field_option(cls, "labels_key", help="Label dataset name in HDF5/.npz if ambiguous."),
     ]
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
+    return _stacked(options)
 
 
 def reader_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:

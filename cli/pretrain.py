@@ -24,6 +24,7 @@ from .options import (
     nan_policy_option,
     normalize_option,
     seed_option,
+    tracking_options,
 )
 
 C = PretrainConfig
@@ -151,18 +152,7 @@ def _method_help() -> str:
     help="Memory budget of the training set in GiB for --data-mode auto (default: half of "
     "the available memory).",
 )
-@field_option(
-    C,
-    "log",
-    help="Also send metrics.jsonl, the config and the final metrics to TensorBoard or MLflow "
-    '(needs pip install "deeplense-ssl[track]").',
-)
-@field_option(
-    C,
-    "log_uri",
-    help="--log tensorboard: the event folder; mlflow: the tracking URI (default: "
-    "OUT/tensorboard, file:OUT/mlruns).",
-)
+@tracking_options(C)
 @normalize_option(C, "Per-image (or dataset) scaling applied after loading.")
 @nan_policy_option(C)
 @image_size_option(C)

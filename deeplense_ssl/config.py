@@ -460,6 +460,12 @@ class EvaluateConfig(DataOptions):
     localisation_radius_fwhm: float = _field(3.0, gt=0)
     seed: int = _seed()
     device: str = _field("auto", choices=DEVICES)
+    # stream: score --data (one file, a comma-separated list or a glob of shards) block by
+    # block, resumable; in-memory: load it; auto: stream when the cleaned set exceeds
+    # max_memory_gb (or --data names several files)
+    data_mode: str = _field("auto", choices=DATA_MODES)
+    # memory budget of the test images in GiB (None: half of the available memory)
+    max_memory_gb: float | None = _field(None, gt=0)
 
     def validate(self) -> None:
         """Check the fields, then that a run folder and test data are given."""

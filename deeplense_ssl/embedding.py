@@ -48,7 +48,15 @@ from .errors import CheckpointError, ConfigError, DataError, DeepLenseError, Out
 from .inference import embed, load_finetuned
 from .io import atomic_output, open_source, require_disk_space
 from .plots import fig_montage
-from .runs import BACKBONE_FILE, MODEL_FILE, json_text, read_run_config, to_jsonable, write_together
+from .runs import (
+    BACKBONE_FILE,
+    MODEL_FILE,
+    json_text,
+    partial_path,
+    read_run_config,
+    to_jsonable,
+    write_together,
+)
 from .runtime import resolve_device
 from .search import (
     INDEX_FORMAT,
@@ -61,7 +69,6 @@ from .search import (
     read_index_images,
 )
 
-PARTIAL_SUFFIX = ".partial"
 SEARCH_JSON, SEARCH_CSV, SEARCH_MONTAGE = "neighbours.json", "neighbours.csv", "montage.png"
 ANOMALY_H5, ANOMALY_CSV, ANOMALY_MONTAGE = (
     "anomaly_scores.h5",
@@ -171,18 +178,28 @@ def resolve_preprocessing(
 ) -> dict[str, Any]:
     """The cleaning to apply: the run's, except where an option is given (not ``auto``/None).
 
-    ``zscore-dataset`` uses the statistics stored with the run (never refit on new data).
+    ``zscore-dataset`` uses the statistics stored with the run (never refit on new data): a
+    finetune run's (``model.pt`` spec), a pretrain run's ``resolved["norm_stats"]`` (fit on
+    its whole training set).
 
     Raises:
-        ConfigError: ``zscore-dataset`` without stored statistics.
+        ConfigError: ``zscore-dataset`` without stored statistics (a pretrain run written
+            before they were recorded trained on un-normalised images: ``--normalize none``).
     """
     run = encoder.preprocessing
     norm = run["normalize"] if normalize == "auto" else normalize
     stats = run.get("norm_stats") if norm == run["normalize"] else None
     if norm == "zscore-dataset" and stats is None:
+        old = encoder.kind == "pretrain" and run["normalize"] == "zscore-dataset"
+        hint = (
+            "it was pretrained before these were recorded, on un-normalised images: pass "
+            "--normalize none to embed like its training data"
+            if old
+            else "pass --normalize with another method"
+        )
         raise ConfigError(
             f"{encoder.run}: normalize='zscore-dataset' needs the statistics of the training "
-            "data, and the run stores none; pass --normalize with another method."
+            f"data, and the run stores none; {hint}."
         )
     return {
         "nan_policy": run["nan_policy"] if nan_policy == "auto" else nan_policy,
@@ -301,12 +318,6 @@ def _size_hint(encoder: Encoder) -> str:
     """What to pass to ``embed`` for images of another size than the run's."""
     size = encoder.input_shape[1] if encoder.input_shape else "N"
     return f"pass --image-size {size} (centre crop / resize)"
-
-
-def partial_path(out: str | Path) -> Path:
-    """Where ``embed`` writes ``out`` until it is complete: ``<out>.partial``."""
-    out = Path(out)
-    return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
 def _attr_value(value: Any) -> Any:

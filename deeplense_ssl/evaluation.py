@@ -8,6 +8,10 @@ per-image ``scores.npz`` (``probs``, ``labels``, ``sources``, ``embeddings``, ..
 anyone can recompute them, and ``examples.npz`` (a few images per class and their nearest test
 neighbours) for the report. File names: :mod:`deeplense_ssl.runs`.
 
+A test set larger than the memory budget (``data_mode``, ``max_memory_gb``), or several HDF5
+shards, is streamed (:class:`deeplense_ssl.scoring.StreamedTestSet`): scored block by block,
+resumable after a kill, holding only the outputs; the files are the same as in memory.
+
 Evaluation mistakes of prior work that can be seen from the files (DOMAIN.md) are reported as
 ``warnings``: the test file is the fine-tuning file, or test images repeat a source.
 """
@@ -26,8 +30,8 @@ from .attribution import attribution_maps
 from .cleaning import fit_size
 from .config import EvaluateConfig, config_to_dict
 from .datasets import load_dataset
-from .errors import CheckpointError, DataError
-from .inference import load_finetuned, predict
+from .errors import CheckpointError, ConfigError, DataError
+from .inference import ClassifierModel, load_finetuned, predict
 from .metrics import (
     attribution_localisation,
     bootstrap_ci,
@@ -42,10 +46,12 @@ from .runs import (
     CONFIG_FILE,
     EVAL_METRICS_FILE,
     EVALUATE_KIND,
+    MODEL_FILE,
     TRAIN_EMBEDDINGS_ARRAYS,
     TRAIN_EMBEDDINGS_FILE,
     json_text,
     npz_writer,
+    partial_path,
     read_arrays,
     read_json,
     scores_path_for,
@@ -54,7 +60,9 @@ from .runs import (
     write_together,
 )
 from .runtime import resolve_device, seed_everything
+from .scoring import StreamedTestSet, file_identity
 from .simulate import MASK_PARAMS, substructure_geometry, substructure_masks
+from .streaming import CleanOptions, ShardSet, choose_data_mode, memory_budget_bytes, shard_paths
 
 N_EXAMPLES_PER_CLASS = 4
 N_NEIGHBOURS = 6
@@ -65,45 +73,166 @@ N_NEIGHBOURS = 6
 # --------------------------------------------------------------------------------------------
 
 
-def _load_test_set(
-    cfg: EvaluateConfig, spec: dict, dataset: Any, run_dir: Path, progress: bool
-) -> tuple[Any, str, int | None]:
-    """The test set with the run's preprocessing (unless overridden); ``(data, norm, size)``."""
+class _LoadedTestSet:
+    """A test set held in memory, read like :class:`~deeplense_ssl.scoring.StreamedTestSet`.
+
+    Args:
+        data: an :class:`~deeplense_ssl.datasets.ImageSet` (or anything with ``images``,
+            ``labels``, ``class_names``, ``sources``).
+        path: ``--data``.
+    """
+
+    info = None  # only a streamed evaluation reports how it streamed
+
+    def __init__(self, data: Any, path: str) -> None:
+        self.images = np.asarray(data.images, dtype=np.float32)
+        self.labels, self.class_names = data.labels, data.class_names
+        self.shape = self.images.shape
+        self.meta = getattr(data, "meta", {}) or {}
+        self.params = self.meta.get("params") or {}
+        self.nan_report = getattr(data, "nan_report", None)
+        self.data_files = [str(path)]
+        n = len(self.images)
+        named = list(data.sources) if len(data.sources) == n else [""] * n
+        self.sources = np.asarray(named, dtype=str)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Images of test indices ``rows`` (any shape), ``(*rows.shape, C, H, W)``."""
+        return self.images[rows]
+
+    def score(
+        self, model: ClassifierModel, *, batch_size: int, device: Any, progress: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``(N, K)`` and embeddings ``(N, D)`` of every image."""
+        return predict(model, self.images, batch_size=batch_size, device=device, progress=progress)
+
+    def finish(self) -> None:
+        """Nothing to clean up."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+TestSet = _LoadedTestSet | StreamedTestSet
+
+
+def _open_test_set(
+    cfg: EvaluateConfig,
+    spec: dict,
+    dataset: Any,
+    run_dir: Path,
+    out: Path,
+    device: torch.device,
+    progress: bool,
+) -> tuple[TestSet, str, int | None]:
+    """The test set with the run's preprocessing (unless overridden), loaded or opened for
+    streaming (``cfg.data_mode``); ``(test set, normalize, image_size)``."""
     normalize = spec["normalize"] if cfg.normalize == "auto" else cfg.normalize
     image_size = spec.get("image_size") if cfg.image_size is None else cfg.image_size
+    stats = spec.get("norm_stats") if normalize == spec["normalize"] else None
     if dataset is None:
+        options = CleanOptions(
+            nan_policy=cfg.nan_policy,
+            normalize=normalize,
+            image_size=image_size,
+            allow_pickle=cfg.allow_pickle,
+        )
+        shards, budget = _stream_shards(cfg, options)
+        if shards is not None:
+            try:
+                if normalize == "zscore-dataset" and stats is None:
+                    raise _pending_error(cfg, run_dir)
+                identity = {
+                    "model": file_identity(run_dir / MODEL_FILE),
+                    "device": str(device),
+                    "batch_size": cfg.batch_size,
+                }
+                test = StreamedTestSet(shards, options, stats, partial_path(out), identity, budget)
+            except BaseException:
+                shards.close()
+                raise
+            return test, normalize, image_size
         dataset = load_dataset(
             cfg.data,
             nan_policy=cfg.nan_policy,
             normalize=normalize,
             image_size=image_size,
             allow_pickle=cfg.allow_pickle,
-            norm_stats=spec.get("norm_stats") if normalize == spec["normalize"] else None,
+            norm_stats=stats,
             progress=progress,
         )
-    if getattr(dataset, "normalization_pending", False):
-        raise DataError(
-            "normalize='zscore-dataset' needs statistics from the training data, and the run "
-            f"{run_dir} has none; evaluate with the run's own normalisation (--normalize auto).",
-            cfg.data,
+    elif cfg.data_mode == "stream":
+        raise ConfigError(
+            "data_mode='stream' reads --data from files; a dataset passed in memory is "
+            "evaluated in memory (data_mode 'auto' or 'in-memory')."
         )
-    return dataset, normalize, image_size
+    if getattr(dataset, "normalization_pending", False):
+        raise _pending_error(cfg, run_dir)
+    return _LoadedTestSet(dataset, cfg.data), normalize, image_size
 
 
-def _check_images(images: np.ndarray, spec: dict, run_dir: Path, data: str) -> None:
-    """The test images must have the channels and size the model was trained on."""
-    if images.ndim != 4 or len(images) == 0:
-        raise DataError(f"no images to evaluate (shape {images.shape}).", data)
-    if images.shape[1] != spec["in_chans"]:
+def _pending_error(cfg: EvaluateConfig, run_dir: Path) -> DataError:
+    return DataError(
+        "normalize='zscore-dataset' needs statistics from the training data, and the run "
+        f"{run_dir} has none; evaluate with the run's own normalisation (--normalize auto).",
+        cfg.data,
+    )
+
+
+def _stream_shards(
+    cfg: EvaluateConfig, options: CleanOptions
+) -> tuple[ShardSet | None, int | None]:
+    """The opened shards when the test set is to be streamed (``stream``; ``auto`` with several
+    files or more cleaned bytes than the memory budget), else None; and the budget in bytes.
+
+    Raises:
+        ConfigError: several files with ``data_mode="in-memory"``, or ``nan_policy="drop"``
+            when streaming.
+        DataError: a missing, unreadable, truncated or mismatched shard (named).
+    """
+    several = len(shard_paths(cfg.data)) > 1
+    if cfg.data_mode == "in-memory":
+        if several:
+            raise ConfigError(
+                f"--data {cfg.data} names several files; evaluate them with --data-mode stream "
+                "(or auto)."
+            )
+        return None, None
+    budget = memory_budget_bytes(cfg.max_memory_gb)
+    shards = ShardSet(cfg.data, options)
+    try:
+        nbytes = len(shards) * shards.image_bytes
+        mode = "stream" if several else choose_data_mode(cfg.data_mode, nbytes, budget)
+        if mode == "in-memory":
+            shards.close()
+            return None, budget
+        if cfg.nan_policy == "drop":
+            raise ConfigError(
+                "nan_policy='drop' changes the number of images, which streaming needs to know "
+                "up front: convert the data with --nan-policy drop first (deeplense-ssl "
+                "convert), or use --nan-policy zero/median/interpolate, or --data-mode in-memory."
+            )
+        return shards, budget
+    except BaseException:
+        shards.close()
+        raise
+
+
+def _check_images(shape: tuple[int, ...], spec: dict, run_dir: Path, data: str) -> None:
+    """The test images (``shape`` ``(N, C, H, W)``) must have the channels and size the model
+    was trained on."""
+    if len(shape) != 4 or shape[0] == 0:
+        raise DataError(f"no images to evaluate (shape {shape}).", data)
+    if shape[1] != spec["in_chans"]:
         raise DataError(
-            f"test images have {images.shape[1]} channel(s) but the model in {run_dir} was "
+            f"test images have {shape[1]} channel(s) but the model in {run_dir} was "
             f"trained on {spec['in_chans']}; evaluate on data with the same bands.",
             data,
         )
     hw = spec.get("input_hw")
-    if hw is not None and tuple(images.shape[2:]) != tuple(hw):
+    if hw is not None and tuple(shape[2:]) != tuple(hw):
         raise DataError(
-            f"test images are {images.shape[2]}x{images.shape[3]} px but the model in {run_dir} "
+            f"test images are {shape[2]}x{shape[3]} px but the model in {run_dir} "
             f"was trained on {hw[0]}x{hw[1]} px; pass --image-size {hw[0]} (centre crop/resize).",
             data,
         )
@@ -142,12 +271,13 @@ def _map_labels(
     return mapped, mapped < 0
 
 
-def _data_warnings(run_dir: Path, data: str, sources: np.ndarray) -> list[str]:
+def _data_warnings(run_dir: Path, data_files: list[str], sources: np.ndarray) -> list[str]:
     """Evaluation mistakes of prior work that can be seen from the files (DOMAIN.md)."""
     out = []
     try:
         ft = read_json(run_dir / CONFIG_FILE, "run config")["config"]["data"]
-        if ft and Path(ft).resolve() == Path(data).resolve():
+        same = [d for d in data_files if ft and Path(ft).resolve() == Path(d).resolve()]
+        for data in same:
             out.append(
                 f"the test data {data} is the file the model was fine-tuned on; the numbers "
                 "are not a held-out evaluation."
@@ -247,7 +377,7 @@ def _score_metrics(
 def _localisation(
     cfg: EvaluateConfig,
     model: torch.nn.Module,
-    dataset: Any,
+    test: TestSet,
     keep: np.ndarray,
     labels: np.ndarray,
     class_names: list[str],
@@ -256,13 +386,11 @@ def _localisation(
     to ``cfg.localisation_images`` seeded test images per class that have substructure in the
     field, explaining the true class logit; ``None`` when off or when the test file does not
     record where its substructure is (only files simulated by this package do)."""
-    meta = getattr(dataset, "meta", {}) or {}
-    geometry = substructure_geometry(meta.get("provenance"))
-    params = meta.get("params") or {}
+    geometry = substructure_geometry(test.meta.get("provenance"))
+    params: Any = test.params
     if cfg.localisation_images == 0 or geometry is None or not set(MASK_PARAMS) & set(params):
         return None
     rows = np.flatnonzero(keep)  # test-image index -> row of the file's params
-    images = np.asarray(dataset.images, dtype=np.float32)[keep]
     rng = np.random.default_rng(cfg.seed)
     out: dict[str, Any] = {
         "method": cfg.localisation_method,
@@ -272,11 +400,12 @@ def _localisation(
     }
     all_maps, all_masks = [], []
     for c, name in enumerate(class_names):
-        size = (images.shape[-1], str(meta.get("fit_mode", "auto")))
+        size = (test.shape[-1], str(test.meta.get("fit_mode", "auto")))
         idx, masks = _masked_sample(labels, c, rows, params, geometry, cfg, rng, size)
         if not len(idx):
             continue
-        maps = attribution_maps(model, images[idx], labels[idx], [cfg.localisation_method])
+        images = test.take(rows[idx])
+        maps = attribution_maps(model, images, labels[idx], [cfg.localisation_method])
         out["per_class"][name] = attribution_localisation(maps[cfg.localisation_method], masks)
         all_maps.append(maps[cfg.localisation_method])
         all_masks.append(masks)
@@ -350,6 +479,11 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
     overrides them), classes are matched by name, images of ``cfg.ood_classes`` are scored as
     out-of-distribution and every other unseen class is an error.
 
+    ``cfg.data_mode`` ``stream`` (or ``auto`` when the cleaned set exceeds the memory budget,
+    or ``cfg.data`` names several shards) scores the set block by block without loading it
+    (:mod:`deeplense_ssl.scoring`): committed blocks go to ``<out>.partial/``, a killed run
+    continues from them, and the files written equal those of the in-memory pass.
+
     Args:
         cfg: the resolved evaluate config (``checkpoint`` is a finetune run folder).
         dataset: an already loaded :class:`deeplense_ssl.datasets.ImageSet` (skips reading
@@ -364,7 +498,9 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
         CheckpointError: the run folder has no usable ``model.pt``, or a damaged
             ``train_embeddings.npz``.
         OutputError: an output file cannot be written (full disk, read-only folder).
-        DataError: channel count / image size / classes do not match the model.
+        DataError: channel count / image size / classes do not match the model; a missing,
+            truncated or mismatched shard (before anything is scored).
+        ConfigError: several files in memory, ``nan_policy="drop"`` when streaming.
     """
     cfg.validate()
     seed_everything(cfg.seed)
@@ -373,45 +509,45 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
     out = Path(cfg.out) if cfg.out else run_dir / EVAL_METRICS_FILE
     model, spec = load_finetuned(run_dir, map_location="cpu")
     model.to(device).eval()
-    dataset, normalize, image_size = _load_test_set(cfg, spec, dataset, run_dir, progress)
-    images = np.asarray(dataset.images, dtype=np.float32)
-    _check_images(images, spec, run_dir, cfg.data)
-    class_names = list(spec["class_names"])
-    labels_all, is_ood = _map_labels(dataset, class_names, cfg.ood_classes, str(cfg.data))
-    if not (~is_ood).any():
-        raise DataError("no test image belongs to a class the model was trained on.", cfg.data)
-
-    probs_all, emb_all = predict(
-        model, images, batch_size=cfg.batch_size, device=device, progress=progress
-    )
-    keep = ~is_ood
-    probs, emb, labels = probs_all[keep], emb_all[keep], labels_all[keep]
-    sources_all = np.asarray(
-        list(dataset.sources) if len(dataset.sources) == len(images) else [""] * len(images),
-        dtype=str,
-    )
-    metrics: dict[str, Any] = {
-        "kind": EVALUATE_KIND,
-        "deeplense_ssl_version": __version__,
-        "finetune_run": str(run_dir.resolve()),
-        "data": str(cfg.data),
-        "class_names": class_names,
-        "n_images": int(len(labels)),
-        "class_counts": {n: int((labels == k).sum()) for k, n in enumerate(class_names)},
-        "normalize": normalize,
-        "image_size": image_size,
-        "input_hw": list(images.shape[2:]),
-        "nan_report": to_jsonable(getattr(dataset, "nan_report", None)),
-        "warnings": _data_warnings(run_dir, cfg.data, sources_all[keep]),
-    }
-    metrics.update(_score_metrics(cfg, labels, probs, class_names))
-    metrics["knn"] = _knn_metrics(cfg, run_dir, emb, labels, len(class_names))
-    metrics["ood"] = _ood_metrics(dataset, probs, probs_all[is_ood], is_ood)
-    metrics["localisation"] = _localisation(cfg, model, dataset, keep, labels, class_names)
-
-    scores = _scores_arrays(probs_all, emb, labels, sources_all, is_ood, class_names)
-    examples = _examples_arrays(images[keep], sources_all[keep], labels, emb, class_names, cfg)
-    _publish(out, metrics, config_to_dict(cfg), scores, examples)
+    test, normalize, image_size = _open_test_set(cfg, spec, dataset, run_dir, out, device, progress)
+    try:
+        _check_images(test.shape, spec, run_dir, cfg.data)
+        class_names = list(spec["class_names"])
+        labels_all, is_ood = _map_labels(test, class_names, cfg.ood_classes, str(cfg.data))
+        if not (~is_ood).any():
+            raise DataError("no test image belongs to a class the model was trained on.", cfg.data)
+        probs_all, emb_all = test.score(
+            model, batch_size=cfg.batch_size, device=device, progress=progress
+        )
+        keep = ~is_ood
+        probs, emb, labels = probs_all[keep], emb_all[keep], labels_all[keep]
+        sources_all = test.sources
+        metrics: dict[str, Any] = {
+            "kind": EVALUATE_KIND,
+            "deeplense_ssl_version": __version__,
+            "finetune_run": str(run_dir.resolve()),
+            "data": str(cfg.data),
+            "class_names": class_names,
+            "n_images": int(len(labels)),
+            "class_counts": {n: int((labels == k).sum()) for k, n in enumerate(class_names)},
+            "normalize": normalize,
+            "image_size": image_size,
+            "input_hw": list(test.shape[2:]),
+            "nan_report": to_jsonable(test.nan_report),
+            "warnings": _data_warnings(run_dir, test.data_files, sources_all[keep]),
+        }
+        metrics.update(_score_metrics(cfg, labels, probs, class_names))
+        metrics["knn"] = _knn_metrics(cfg, run_dir, emb, labels, len(class_names))
+        metrics["ood"] = _ood_metrics(test, probs, probs_all[is_ood], is_ood)
+        metrics["localisation"] = _localisation(cfg, model, test, keep, labels, class_names)
+        if test.info is not None:
+            metrics["streaming"] = test.info
+        scores = _scores_arrays(probs_all, emb, labels, sources_all, is_ood, class_names)
+        examples = _examples_arrays(test, keep, sources_all[keep], labels, emb, class_names, cfg)
+        _publish(out, metrics, config_to_dict(cfg), scores, examples)
+        test.finish()
+    finally:
+        test.close()
     return metrics
 
 
@@ -455,22 +591,26 @@ def _scores_arrays(
 
 
 def _examples_arrays(
-    images: np.ndarray,
+    test: TestSet,
+    keep: np.ndarray,
     sources: np.ndarray,
     labels: np.ndarray,
     emb: np.ndarray,
     class_names: list[str],
     cfg: EvaluateConfig,
 ) -> dict[str, np.ndarray]:
-    """``examples.npz``: a few test images per class and their nearest test neighbours."""
+    """``examples.npz``: a few in-distribution test images per class (``keep``: (N,) bool, the
+    in-distribution images; ``sources``, ``labels``, ``emb``: theirs) and their nearest test
+    neighbours, read by index (:meth:`TestSet.take`)."""
     ex_idx = _example_indices(labels, per_class=N_EXAMPLES_PER_CLASS, seed=cfg.seed)
     nb_idx, nb_sim = _neighbours(emb, ex_idx, k=N_NEIGHBOURS)
+    rows = np.flatnonzero(keep)  # in-distribution index -> test index
     return {
-        "images": images[ex_idx],
+        "images": test.take(rows[ex_idx]),
         "labels": labels[ex_idx],
         "sources": sources[ex_idx],
         "test_index": ex_idx,
-        "neighbor_images": images[nb_idx],
+        "neighbor_images": test.take(rows[nb_idx]),
         "neighbor_labels": labels[nb_idx],
         "neighbor_similarity": nb_sim.astype(np.float32),
         "class_names": np.asarray(class_names, dtype=str),

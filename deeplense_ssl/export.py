@@ -324,7 +324,7 @@ def _load_pretrain(run_dir: Path) -> RunNetwork:
         "num_classes": 0,
         "class_names": [],
         "normalize": info["normalize"],
-        "norm_stats": None,
+        "norm_stats": data.get("resolved", {}).get("norm_stats"),  # zscore-dataset, whole set
         "nan_policy": info["nan_policy"],
         "method": info["method"],
         "trained_with": info["deeplense_ssl_version"],

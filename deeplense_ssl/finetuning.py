@@ -86,6 +86,7 @@ from .runs import (
 )
 from .runtime import resolve_device, seed_everything
 from .tracking import final_metrics, open_tracker, require_tracker
+from .training.data import Prefetcher, fetch
 from .transforms import random_dihedral
 
 MAX_TRAIN_EMBEDDINGS = 20000
@@ -404,27 +405,38 @@ def _end_to_end_epoch(
     augment: bool,
     generator: torch.Generator,
     device: torch.device | str,
+    prefetch: int = 2,
 ) -> tuple[float, int, int]:
-    """One pass of backbone + head over the shuffled images; returns (loss sum, correct, seen)."""
+    """One pass of backbone + head over the shuffled images; returns (loss sum, correct, seen).
+
+    The batches (index gather and copy to ``device``) are made ``prefetch`` batches ahead by
+    a background thread (:class:`~deeplense_ssl.training.data.Prefetcher`; 0: inline); they
+    depend only on ``perm``, and the augmentation draws from ``generator`` here, in order, so
+    the weights are the same with or without it.
+    """
     model.train()
     total, correct, seen = 0.0, 0, 0
-    for start in range(0, len(perm), batch_size):
-        idx = perm[start : start + batch_size]
-        if len(idx) < 2 and len(perm) >= 2:
-            continue  # BatchNorm needs two images per batch in training mode
-        x = train_images[idx].to(device)
-        y = train_labels[idx].to(device)
-        if augment:
-            x = random_dihedral(x, generator=generator)
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += loss.item() * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(idx)
+    batches = [perm[start : start + batch_size] for start in range(0, len(perm), batch_size)]
+    # BatchNorm needs two images per batch in training mode
+    batches = [idx for idx in batches if len(idx) >= 2 or len(perm) < 2]
+    target = torch.device(device)
+
+    def make(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return fetch(train_images, batches[k], target), fetch(train_labels, batches[k], target)
+
+    with Prefetcher(make, range(len(batches)), prefetch, target) as feed:
+        for x, y in feed:
+            if augment:
+                x = random_dihedral(x, generator=generator)
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
     return total, correct, seen
 
 
@@ -446,6 +458,7 @@ def train_end_to_end(
     device: torch.device | str = "cpu",
     progress: bool = False,
     min_steps: int = 0,
+    prefetch: int = 2,
 ) -> tuple[list[dict], dict]:
     """Train backbone and head together (full fine-tune or supervised from scratch).
 
@@ -459,6 +472,7 @@ def train_end_to_end(
         augment: random dihedral transform of every training batch.
         generator: seeded CPU generator (shuffling, augmentation).
         min_steps: train at least this many optimiser steps (:func:`budget_epochs`).
+        prefetch: batches made ahead by a background thread (0: inline; the same weights).
 
     Returns:
         ``(history, best)`` as :func:`train_probe`.
@@ -488,6 +502,7 @@ def train_end_to_end(
             augment=augment,
             generator=generator,
             device=device,
+            prefetch=prefetch,
         )
         row = {
             "epoch": epoch,
@@ -580,7 +595,10 @@ def _split(
     norm_stats = None
     if getattr(dataset, "normalization_pending", False):
         # zscore-dataset: pixel statistics of every image outside the validation split (no
-        # labels used), stored with the model
+        # labels used), stored with the model. Also with --checkpoint of a zscore-dataset
+        # pretrain run (whose resolved["norm_stats"] were fit on its own pretraining set):
+        # the fine-tuning data are standardised by their own statistics, and evaluate / embed
+        # of the finetune run use these.
         norm_stats = dataset.fit_normalization(train_pool).to_dict()
     elif isinstance(getattr(dataset, "meta", None), dict):
         norm_stats = dataset.meta.get("norm_stats")

@@ -144,12 +144,24 @@ TRACKING_FILE = "tracking.json"
 TENSORBOARD_DIR = "tensorboard"
 MLFLOW_DIR = "mlruns"
 TRACKING_FILES = (TRACKING_FILE, TENSORBOARD_DIR, MLFLOW_DIR)
+# an output still being built (embed's HDF5 file, a streamed evaluation's committed blocks):
+# ``<out>.partial`` beside it, renamed or removed once the output is complete (partial_path)
+PARTIAL_SUFFIX = ".partial"
+EVAL_PARTIAL_DIR = EVAL_METRICS_FILE + PARTIAL_SUFFIX
 REPLACEABLE_FILES = {
-    FINETUNE_KIND: frozenset(FINETUNE_FILES + EVALUATE_FILES + REPORT_FILES + TRACKING_FILES)
+    FINETUNE_KIND: frozenset(
+        FINETUNE_FILES + EVALUATE_FILES + REPORT_FILES + TRACKING_FILES + (EVAL_PARTIAL_DIR,)
+    )
 }
 """Per run kind written through :func:`staged_run_folder`: the names an existing folder may
 hold for the new run to replace it (its own files and the evaluation / report files that
 describe it)."""
+
+
+def partial_path(out: str | Path) -> Path:
+    """Where an output ``out`` is built until complete: ``<out>.partial`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------------

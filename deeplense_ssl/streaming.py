@@ -18,6 +18,11 @@ the checkpoint: the same order, the same batches, bitwise the same weights.
 
 ``data_mode``: ``stream``, ``in-memory``, or ``auto`` (stream when the cleaned float32 set
 is larger than the memory budget, :func:`memory_budget_bytes`).
+
+``normalize="zscore-dataset"``: the per-channel statistics of the whole training set are fit
+in one pass over the shards (:meth:`StreamingData.fit_normalization`, :func:`channel_stats`,
+the same blocks and sums as the in-memory path, so both give the same statistics) and then
+applied to every block read.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from __future__ import annotations
 import glob
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .cleaning import NormStats
 from .datasets import iter_clean_blocks
 from .errors import ConfigError, DataError
 from .io import Source, available_memory_bytes, open_source
@@ -53,6 +59,9 @@ WINDOW_BUDGET_FRACTION = 1 / 8
 
 READ_GAP = 8
 """Unneeded images between two needed ones that are read through (one read instead of two)."""
+
+STATS_BLOCK_BYTES = 64 * 2**20
+"""Bytes of float64 pixels one block of the statistics pass holds (:func:`stats_block_images`)."""
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -130,7 +139,8 @@ class CleanOptions:
     """How the images are read and cleaned (the data options of the config).
 
     ``normalize="zscore-dataset"`` leaves the images in stored units, as ``load_dataset``
-    does before ``fit_normalization`` (pretraining does not fit it).
+    does before ``fit_normalization``, until statistics are given to the reader
+    (:meth:`StreamingData.fit_normalization`).
     """
 
     nan_policy: str = "raise"
@@ -146,8 +156,59 @@ class CleanOptions:
 
     @property
     def scaling(self) -> str:
-        """The normalisation applied while streaming."""
+        """The normalisation applied while streaming without statistics."""
         return "none" if self.normalize == "zscore-dataset" else self.normalize
+
+
+# --------------------------------------------------------------------------------------------
+# zscore-dataset statistics of a whole set, block by block
+# --------------------------------------------------------------------------------------------
+
+
+def stats_block_images(image_shape: Sequence[int]) -> int:
+    """Images per block of the statistics pass: :data:`STATS_BLOCK_BYTES` of float64 pixels
+    (at least one image). Both data paths use it, so they sum the same blocks."""
+    return max(1, STATS_BLOCK_BYTES // (8 * math.prod(image_shape)))
+
+
+def channel_stats(blocks: Iterable[np.ndarray]) -> NormStats:
+    """Per-channel mean and std (population) of images given block by block, in one pass.
+
+    Each block's mean and sum of squared deviations are computed in float64 and merged with
+    the pairwise update of Chan, Golub & LeVeque (1979), so the result equals the two-pass
+    statistics of :func:`~deeplense_ssl.cleaning.fit_normalization` to float64 rounding
+    (no cancellation of a sum of squares). The same blocks give bitwise the same result.
+
+    Args:
+        blocks: ``(M, C, H, W)`` finite images per block (``M`` may be 0).
+
+    Returns:
+        :class:`~deeplense_ssl.cleaning.NormStats` (the std of a constant channel is 1).
+
+    Raises:
+        DataError: no image at all.
+    """
+    n, images = 0, 0
+    mean = m2 = np.zeros(0)
+    for block in blocks:
+        b = np.asarray(block, dtype=np.float64)
+        if len(b) == 0:
+            continue
+        count = b.shape[0] * b.shape[2] * b.shape[3]
+        b_mean = b.mean(axis=(0, 2, 3))
+        b_m2 = np.square(b - b_mean[None, :, None, None]).sum(axis=(0, 2, 3))
+        if n == 0:
+            mean, m2 = b_mean, b_m2
+        else:
+            delta, total = b_mean - mean, n + count
+            mean = mean + delta * (count / total)
+            m2 = m2 + b_m2 + np.square(delta) * (n * count / total)
+        n, images = n + count, images + len(b)
+    if n == 0:
+        raise DataError("zscore-dataset statistics need at least one image; the set is empty.")
+    std = np.sqrt(m2 / n)
+    std[std == 0] = 1.0
+    return NormStats(mean, std, images)
 
 
 def _stored_layout(src: Source) -> dict[str, Any]:
@@ -185,6 +246,7 @@ class ShardSet:
 
     def __init__(self, spec: str, options: CleanOptions) -> None:
         self.spec, self.options = spec, options
+        self.stats: NormStats | None = None  # zscore-dataset statistics applied when read
         self.paths = shard_paths(spec)
         self.sources: list[Source] = []
         self._ids: list[tuple[int, int]] = []
@@ -268,7 +330,7 @@ class ShardSet:
         return out
 
     def _clean(self, k: int, lo: int, hi: int) -> np.ndarray:
-        images = _clean_range(self.sources[k], lo, hi, self.options)
+        images = _clean_range(self.sources[k], lo, hi, self.options, self.stats)
         if images.shape[1:] != self.image_shape:
             raise DataError(
                 f"images {lo}..{hi - 1} are {images.shape[1:]}, not {self.image_shape}; "
@@ -302,8 +364,11 @@ class ShardSet:
         self.close()
 
 
-def _clean_range(src: Source, lo: int, hi: int, options: CleanOptions) -> np.ndarray:
-    """Images ``lo:hi`` of ``src`` cleaned like ``load_dataset`` (``(hi - lo, C, H, W)``).
+def _clean_range(
+    src: Source, lo: int, hi: int, options: CleanOptions, stats: NormStats | None = None
+) -> np.ndarray:
+    """Images ``lo:hi`` of ``src`` cleaned like ``load_dataset`` (``(hi - lo, C, H, W)``),
+    normalised with ``stats`` when given (``zscore-dataset``).
 
     Raises:
         DataError: as :func:`~deeplense_ssl.datasets.iter_clean_blocks`, or an image dropped
@@ -313,7 +378,8 @@ def _clean_range(src: Source, lo: int, hi: int, options: CleanOptions) -> np.nda
         iter_clean_blocks(
             src,
             nan_policy=options.nan_policy,
-            normalize=options.scaling,
+            normalize=options.scaling if stats is None else "zscore-dataset",
+            stats=stats,
             image_size=options.image_size,
             block_size=hi - lo,
             start=lo,
@@ -386,6 +452,36 @@ class StreamingData:
     def locate(self, row: int) -> tuple[Path, int]:
         """``(first shard set's file, index in it)`` of global image ``row``."""
         return self.sets[0].locate(row)
+
+    def fit_normalization(self, stats: dict | None = None) -> dict | None:
+        """Normalise every image read from now on (``normalize="zscore-dataset"`` only).
+
+        Args:
+            stats: the statistics of the run (``NormStats.to_dict()``, recorded on resume);
+                None fits them on the whole first shard set (``--data``, not ``--paired-data``)
+                in one pass (:func:`channel_stats` over :func:`fit_blocks`).
+
+        Returns:
+            The statistics applied (``to_dict()`` form), None for other normalisations.
+        """
+        if self.sets[0].options.normalize != "zscore-dataset":
+            return None
+        fitted = NormStats.from_dict(stats) if stats else channel_stats(self.fit_blocks())
+        for s in self.sets:  # the paired renderings get the statistics of --data
+            s.stats = fitted
+        return fitted.to_dict()
+
+    def fit_blocks(self) -> Iterator[np.ndarray]:
+        """The un-normalised images of ``--data`` in order, :func:`stats_block_images` at a
+        time (rows ``[k B, (k + 1) B)`` of the whole set, across shard boundaries)."""
+        first = self.sets[0]
+        saved, first.stats = first.stats, None
+        try:
+            block = stats_block_images(first.image_shape)
+            for lo in range(0, len(first), block):
+                yield first.read(np.arange(lo, min(lo + block, len(first))))
+        finally:
+            first.stats = saved
 
     def close(self) -> None:
         """Close every shard."""

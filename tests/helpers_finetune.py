@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,34 @@ def finetune_and_evaluate(
         {"checkpoint": str(out), "data": str(root / "test.h5"), "n_bootstrap": n_bootstrap},
     )
     return out, evaluate(ecfg, progress=False)
+
+
+# a file as `deeplense-ssl simulate` writes it (provenance + substructure params), toy pixels
+SIZE, SCALE, FWHM = 20, 0.1, 0.1  # stored side (px), arcsec / px, PSF FWHM (arcsec)
+PROVENANCE = {
+    "generator": "deeplense_ssl.simulate",
+    "image_size_px": SIZE,
+    "instrument": {"pixel_scale_arcsec": SCALE, "psf_fwhm_arcsec": FWHM},
+}
+
+
+def write_simulated_like(path, n_per_class=3, provenance=PROVENANCE):
+    """20-px toy images with the params a simulated file stores: two subhalos per cdm image,
+    a vortex per axion image, nothing for no_sub."""
+    images, labels = toy_images(n_per_class, size=SIZE, seed=4)
+    rng = np.random.default_rng(0)
+    n = len(labels)
+    sub_x, sub_y = np.full((n, 2), np.nan), np.full((n, 2), np.nan)
+    angle, half = np.full(n, np.nan), np.full(n, np.nan)
+    cdm, axion = labels == 1, labels == 2
+    sub_x[cdm], sub_y[cdm] = rng.uniform(-0.7, 0.7, (2, cdm.sum(), 2))
+    angle[axion], half[axion] = rng.uniform(0, np.pi, axion.sum()), 0.5
+    params = {
+        "subhalo_x_arcsec": sub_x,
+        "subhalo_y_arcsec": sub_y,
+        "vortex_angle_rad": angle,
+        "vortex_half_length_arcsec": half,
+    }
+    attrs = {"provenance": json.dumps(provenance)} if provenance else None
+    write_hdf5(path, images, labels, ["no_sub", "cdm", "axion"], params=params, attrs=attrs)
+    return images, labels, params

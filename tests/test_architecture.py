@@ -17,7 +17,7 @@ LAYERS = [
     ["methods", "streaming", "search"],
     ["config"],
     ["inference", "simulate"],
-    ["training", "embedding"],
+    ["training", "embedding", "scoring"],
     ["finetuning", "evaluation", "export"],
     ["report"],
     ["demo"],

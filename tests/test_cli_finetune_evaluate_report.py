@@ -64,7 +64,16 @@ def test_finetune_evaluate_report_end_to_end(files, tmp_path, capsys):
     assert (run / "scores.npz").is_file()
     report = tmp_path / "report" / "report.html"
     rc, out, err = run_cli(
-        ["report", run, "--out", report, "--embedding-map", "none", "--attribution-methods", "saliency"],
+        [
+            "report",
+            run,
+            "--out",
+            report,
+            "--embedding-map",
+            "none",
+            "--attribution-methods",
+            "saliency",
+        ],
         capsys,
     )
     assert rc == 0, err

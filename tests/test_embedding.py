@@ -19,12 +19,13 @@ from deeplense_ssl import embedding
 from deeplense_ssl.checkpoint import load_pretrained_backbone
 from deeplense_ssl.config import EmbedConfig, EvaluateConfig, FinetuneConfig, config_from_sources
 from deeplense_ssl.datasets import iter_clean_blocks, load_dataset
-from deeplense_ssl.embedding import embed_files, load_encoder, partial_path, resolve_preprocessing
+from deeplense_ssl.embedding import embed_files, load_encoder, resolve_preprocessing
 from deeplense_ssl.errors import ConfigError
 from deeplense_ssl.evaluation import evaluate
 from deeplense_ssl.finetuning import finetune
 from deeplense_ssl.inference import embed
 from deeplense_ssl.io import open_source, write_hdf5
+from deeplense_ssl.runs import partial_path
 from deeplense_ssl_cli.errors import run_with_clean_errors
 from deeplense_ssl_cli.main import cli
 

@@ -9,43 +9,18 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import IntegratedGradients
-from helpers_finetune import finetune_and_evaluate, toy_images
+from helpers_finetune import (
+    SCALE,
+    SIZE,
+    finetune_and_evaluate,
+    write_simulated_like,
+)
 
 from deeplense_ssl.config import EvaluateConfig, ReportConfig, config_from_sources
 from deeplense_ssl.evaluation import evaluate
 from deeplense_ssl.inference import load_finetuned
-from deeplense_ssl.io import write_hdf5
 from deeplense_ssl.report import build_report
 from deeplense_ssl.simulate import substructure_mask
-
-SIZE, SCALE, FWHM = 20, 0.1, 0.1  # stored side (px), arcsec / px, PSF FWHM (arcsec)
-PROVENANCE = {
-    "generator": "deeplense_ssl.simulate",
-    "image_size_px": SIZE,
-    "instrument": {"pixel_scale_arcsec": SCALE, "psf_fwhm_arcsec": FWHM},
-}
-
-
-def _simulated_like(path, n_per_class=3, provenance=PROVENANCE):
-    """20-px toy images with the params a simulated file stores: two subhalos per cdm image,
-    a vortex per axion image, nothing for no_sub."""
-    images, labels = toy_images(n_per_class, size=SIZE, seed=4)
-    rng = np.random.default_rng(0)
-    n = len(labels)
-    sub_x, sub_y = np.full((n, 2), np.nan), np.full((n, 2), np.nan)
-    angle, half = np.full(n, np.nan), np.full(n, np.nan)
-    cdm, axion = labels == 1, labels == 2
-    sub_x[cdm], sub_y[cdm] = rng.uniform(-0.7, 0.7, (2, cdm.sum(), 2))
-    angle[axion], half[axion] = rng.uniform(0, np.pi, axion.sum()), 0.5
-    params = {
-        "subhalo_x_arcsec": sub_x,
-        "subhalo_y_arcsec": sub_y,
-        "vortex_angle_rad": angle,
-        "vortex_half_length_arcsec": half,
-    }
-    attrs = {"provenance": json.dumps(provenance)} if provenance else None
-    write_hdf5(path, images, labels, ["no_sub", "cdm", "axion"], params=params, attrs=attrs)
-    return images, labels, params
 
 
 def _evaluate(run, data, out, **options):
@@ -61,7 +36,7 @@ def run(tmp_path_factory):
 
 
 def test_localisation_matches_captum_and_hand_made_masks(run, tmp_path):
-    raw, labels, params = _simulated_like(tmp_path / "sim.h5")
+    raw, labels, params = write_simulated_like(tmp_path / "sim.h5")
     radius = 3.0  # FWHM: 0.3 arcsec
     m = _evaluate(run, tmp_path / "sim.h5", tmp_path / "m.json", image_size=16)["localisation"]
     assert m["method"] == "integrated_gradients" and m["radius_arcsec"] == pytest.approx(0.3)
@@ -104,10 +79,10 @@ def test_localisation_matches_captum_and_hand_made_masks(run, tmp_path):
 
 
 def test_localisation_is_absent_without_positions_or_when_off(run, tmp_path):
-    _simulated_like(tmp_path / "plain.h5", provenance=None)  # not simulated by this package
+    write_simulated_like(tmp_path / "plain.h5", provenance=None)  # not simulated by this package
     m = _evaluate(run, tmp_path / "plain.h5", tmp_path / "a.json", image_size=16)
     assert m["localisation"] is None
-    _simulated_like(tmp_path / "sim.h5")
+    write_simulated_like(tmp_path / "sim.h5")
     off = _evaluate(run, tmp_path / "sim.h5", tmp_path / "b.json", image_size=16,
                     localisation_images=0)  # fmt: skip
     assert off["localisation"] is None
@@ -117,7 +92,7 @@ def test_localisation_is_absent_without_positions_or_when_off(run, tmp_path):
 
 
 def test_report_shows_the_localisation_table_and_ratio(run, tmp_path):
-    _simulated_like(tmp_path / "sim.h5")
+    write_simulated_like(tmp_path / "sim.h5")
     m = _evaluate(run, tmp_path / "sim.h5", tmp_path / "m.json", image_size=16)
     out = build_report(
         ReportConfig(

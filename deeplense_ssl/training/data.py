@@ -9,6 +9,13 @@ Overlap: :class:`Prefetcher` makes the next batches (index gather, pinned host -
 on a side CUDA stream; reading and cleaning on the streaming path) in a background thread
 while the current step runs. The batch of step ``k`` depends only on ``k`` (the epoch's order
 and the data), never on the global RNG, so batches are the same with or without it.
+
+``normalize="zscore-dataset"``: pretraining has no labels and no validation split, so the
+per-channel statistics are fit on the whole training set (``--data``; the renderings of
+``--paired-data`` get the same statistics), in memory and streamed alike with
+:func:`~deeplense_ssl.streaming.channel_stats` over the same blocks (the same statistics, to
+the bit), recorded in the run (``resolved["norm_stats"]``) and reused on resume. A run started
+before they were recorded trained on un-normalised images and resumes so.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..cleaning import NormStats
 from ..datasets import load_dataset
 from ..distributed import DistInfo, gather_objects, shard_batch_indices
 from ..errors import CheckpointError, ConfigError, DataError
@@ -33,9 +42,11 @@ from ..streaming import (
     StreamingData,
     StreamLayout,
     StreamReader,
+    channel_stats,
     choose_data_mode,
     memory_budget_bytes,
     shard_paths,
+    stats_block_images,
     window_chunks,
 )
 
@@ -48,8 +59,39 @@ FINGERPRINT_ROWS = 256
 """Images hashed by :func:`data_fingerprint`: evenly spaced, the first and the last included."""
 
 
-def load_images(cfg: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(images, labels (N,) int64, class_names)`` for pretraining.
+@dataclass(frozen=True)
+class Normalization:
+    """What a run does about ``zscore-dataset`` statistics.
+
+    Attributes:
+        stats: statistics to apply (``NormStats.to_dict()``, those recorded by the run being
+            resumed); None fits them on the whole training set.
+        apply: False for a run recorded before pretraining normalised (it resumes on the
+            un-normalised images it started on).
+    """
+
+    stats: dict | None = None
+    apply: bool = True
+
+    @classmethod
+    def of_run(cls, cfg: Any, recorded: dict[str, Any] | None) -> Normalization:
+        """The normalisation of a fresh run (``recorded`` None) or of the run resumed."""
+        if recorded is None or recorded.get("norm_stats"):
+            return cls(None if recorded is None else recorded["norm_stats"])
+        if cfg.normalize == "zscore-dataset":
+            warnings.warn(
+                "this run was started before pretraining fit --normalize zscore-dataset "
+                "statistics: it trained on un-normalised images and resumes so (a new run "
+                "normalises).",
+                stacklevel=2,
+            )
+        return cls(None, apply=False)
+
+
+def load_images(
+    cfg: Any, dataset: Any, norm: Normalization | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str], dict | None]:
+    """``(images, labels (N,) int64, class_names, norm_stats)`` for pretraining.
 
     ``images`` is ``(N, C, S, S)`` float32, or ``(N, 2, C, S, S)`` with ``cfg.paired_data``
     (row ``i`` of the second file renders the scene of row ``i`` of the first).
@@ -57,51 +99,109 @@ def load_images(cfg: Any, dataset: Any) -> tuple[np.ndarray, np.ndarray, list[st
     Args:
         cfg: the pretraining config (``data``, ``paired_data`` and the data options).
         dataset: ``None`` (read ``cfg.data``), an ``ImageSet``-like object, or an array/tensor
-            ``(N, C, H, W)`` used as given.
+            ``(N, C, H, W)`` used as given. An ``ImageSet`` still pending ``zscore-dataset``
+            statistics is normalised in place like the files.
+        norm: the ``zscore-dataset`` statistics to apply (default: fit them on the whole set).
+
+    Returns:
+        The arrays, and the ``zscore-dataset`` statistics applied (``NormStats.to_dict()``,
+        None when the images carry none).
 
     Raises:
         DataError: not 4-D, not square, non-finite pixels, or a paired file that does not
             match the first (count, shape, labels).
     """
-    images, labels, class_names = _unpack(_read(cfg, cfg.data) if dataset is None else dataset)
+    norm = Normalization() if norm is None else norm
+    if dataset is None:
+        parts = _read(cfg, cfg.data, norm.stats)
+    else:
+        parts = [dataset] if hasattr(dataset, "images") else []
+    stats = _normalise(parts, norm)
+    if dataset is None:
+        images, labels, class_names = _join(parts, shard_paths(cfg.data))
+    else:
+        images, labels, class_names = _unpack(dataset)
     _check_images(images, cfg.data)
     images = np.ascontiguousarray(images, dtype=np.float32)
     if cfg.paired_data:
-        images = _pair(images, labels, cfg)
-    return images, labels, class_names
+        images = _pair(images, labels, cfg, Normalization(stats, norm.apply))
+    return images, labels, class_names, stats
 
 
-def _read(cfg: Any, spec: str) -> Any:
-    """Load ``spec``: one file, or several shards (:func:`streaming.shard_paths`) joined."""
-    paths = shard_paths(spec)
-    parts = [
-        _unpack(
-            load_dataset(
-                path,
-                nan_policy=cfg.nan_policy,
-                normalize=cfg.normalize,
-                image_size=cfg.image_size,
-                allow_pickle=cfg.allow_pickle,
-            )
+def _read(cfg: Any, spec: str, stats: dict | None) -> list[Any]:
+    """The ``ImageSet`` of every file of ``spec`` (:func:`streaming.shard_paths`), normalised
+    with ``stats`` when given (``zscore-dataset``), else pending as loaded."""
+    zscore = cfg.normalize == "zscore-dataset"
+    return [
+        load_dataset(
+            path,
+            nan_policy=cfg.nan_policy,
+            normalize=cfg.normalize,
+            image_size=cfg.image_size,
+            allow_pickle=cfg.allow_pickle,
+            norm_stats=stats if zscore else None,
         )
-        for path in paths
+        for path in shard_paths(spec)
     ]
-    if len(parts) == 1:
-        return parts[0]
-    for (images, _, names), path in zip(parts[1:], paths[1:], strict=True):
-        if names != parts[0][2] or images.shape[1:] != parts[0][0].shape[1:]:
+
+
+def _normalise(parts: list[Any], norm: Normalization) -> dict | None:
+    """Fit (on all ``parts`` together) and apply pending ``zscore-dataset`` statistics, in
+    place; the statistics the images carry (``to_dict()``), or None."""
+    pending = [p for p in parts if getattr(p, "normalization_pending", False)]
+    if pending and norm.apply:
+        if norm.stats:
+            stats = NormStats.from_dict(norm.stats)
+        else:
+            arrays = [np.asarray(p.images) for p in parts]
+            stats = channel_stats(_joined_blocks(arrays, stats_block_images(arrays[0].shape[1:])))
+        for part in pending:
+            part.apply_normalization(stats)
+    meta = getattr(parts[0], "meta", None) if parts else None
+    return meta.get("norm_stats") if isinstance(meta, dict) else None
+
+
+def _joined_blocks(arrays: list[np.ndarray], block: int) -> Iterable[np.ndarray]:
+    """Rows ``[k block, (k + 1) block)`` of the arrays joined along axis 0, in order (the
+    blocks of :meth:`~deeplense_ssl.streaming.StreamingData.fit_blocks`)."""
+    pending: list[np.ndarray] = []
+    need = block
+    for array in arrays:
+        pos = 0
+        while pos < len(array):
+            piece = array[pos : pos + need]
+            pending.append(piece)
+            pos, need = pos + len(piece), need - len(piece)
+            if need == 0:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, need = [], block
+    if pending:
+        yield np.concatenate(pending)
+
+
+def _join(parts: list[Any], paths: list[Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The shards' images, labels and class names joined (they must share classes/shape)."""
+    unpacked = [_unpack(p) for p in parts]
+    if len(unpacked) == 1:
+        return unpacked[0]
+    first = unpacked[0]
+    for (images, _, names), path in zip(unpacked[1:], paths[1:], strict=True):
+        if names != first[2] or images.shape[1:] != first[0].shape[1:]:
             raise DataError(
                 f"this shard's classes or image shape ({names}, {images.shape[1:]}) differ from "
-                f"those of {paths[0]} ({parts[0][2]}, {parts[0][0].shape[1:]}).",
+                f"those of {paths[0]} ({first[2]}, {first[0].shape[1:]}).",
                 path,
             )
-    images = np.concatenate([p[0] for p in parts])
-    return images, np.concatenate([p[1] for p in parts]), parts[0][2]
+    images = np.concatenate([p[0] for p in unpacked])
+    return images, np.concatenate([p[1] for p in unpacked]), first[2]
 
 
-def _pair(images: np.ndarray, labels: np.ndarray, cfg: Any) -> np.ndarray:
-    """Stack the second rendering of every scene: ``(N, 2, C, S, S)``."""
-    other, other_labels, _ = _unpack(_read(cfg, cfg.paired_data))
+def _pair(images: np.ndarray, labels: np.ndarray, cfg: Any, norm: Normalization) -> np.ndarray:
+    """Stack the second rendering of every scene: ``(N, 2, C, S, S)`` (normalised with the
+    statistics of the first, ``norm``)."""
+    parts = _read(cfg, cfg.paired_data, norm.stats)
+    _normalise(parts, norm)
+    other, other_labels, _ = _join(parts, shard_paths(cfg.paired_data))
     _check_images(other, cfg.paired_data)
     if other.shape != images.shape:
         raise DataError(
@@ -122,8 +222,6 @@ def _pair(images: np.ndarray, labels: np.ndarray, cfg: Any) -> np.ndarray:
 
 
 def _unpack(dataset: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    if isinstance(dataset, tuple):  # already unpacked (several shards joined)
-        return dataset
     if isinstance(dataset, Tensor):
         dataset = dataset.detach().cpu().numpy()
     if isinstance(dataset, np.ndarray):
@@ -274,7 +372,8 @@ class Prefetcher:
 
     On CUDA (``device`` given), each item is made under a side stream, and the consumer's
     stream waits for it (copies overlap the running step; ``Tensor.record_stream`` keeps the
-    memory allocator from reusing the item's memory early).
+    memory allocator from reusing the item's memory early). An item is a tensor or a tuple of
+    tensors.
 
     Args:
         make: ``make(k) -> item``; it must not draw from the global RNGs (the producer runs
@@ -314,12 +413,13 @@ class Prefetcher:
         if isinstance(item, _Failure):
             self.close()
             raise item.exc
-        tensor, event = item
+        made, event = item
         if event is not None:
             stream = torch.cuda.current_stream(self._cuda)
             stream.wait_event(event)
-            tensor.record_stream(stream)
-        return tensor
+            for tensor in made if isinstance(made, tuple) else (made,):
+                tensor.record_stream(stream)
+        return made
 
     def next(self) -> Any:
         """The next item (raises ``StopIteration`` after the last key)."""
@@ -450,6 +550,8 @@ class TrainingData:
         stream: the open shards when streaming, else None.
         layout: chunk and window sizes of the streaming order, else None.
         budget: the memory budget in bytes (None: unknown).
+        norm_stats: the ``zscore-dataset`` statistics applied to the images
+            (``NormStats.to_dict()``; None: another normalisation).
     """
 
     mode: str
@@ -461,6 +563,7 @@ class TrainingData:
     stream: StreamingData | None = None
     layout: StreamLayout | None = None
     budget: int | None = None
+    norm_stats: dict | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -487,7 +590,8 @@ def open_training_data(
         cfg: the pretraining config (data, data options, ``data_mode``, ``max_memory_gb``).
         dataset: data passed in memory (used as given, in memory), or None to read ``cfg.data``.
         recorded: the resolved values of the checkpoint resumed from (None: a fresh run); a
-            resume keeps the data mode and the streaming order the run started with.
+            resume keeps the data mode, the streaming order and the ``zscore-dataset``
+            statistics the run started with (a fresh run fits them on the whole set).
         info: the process group; every rank takes rank 0's data mode and order (nodes may
             have different free memory).
 
@@ -503,7 +607,7 @@ def open_training_data(
                 "data_mode='stream' reads --data from files; a dataset passed in memory is "
                 "trained on in memory (data_mode 'auto' or 'in-memory')."
             )
-        return _in_memory(cfg, dataset, None)
+        return _in_memory(cfg, dataset, None, Normalization.of_run(cfg, recorded))
     budget = memory_budget_bytes(cfg.max_memory_gb)
     stream = StreamingData(cfg.data, CleanOptions.of(cfg), cfg.paired_data)
     try:
@@ -518,25 +622,26 @@ def open_training_data(
             }
         if info is not None:
             mode, layout = gather_objects((mode, layout), info)[0]  # rank 0 decides
+        norm = Normalization.of_run(cfg, recorded)
         if mode == "in-memory":
             stream.close()
-            return _in_memory(cfg, None, budget)
-        return _streamed(cfg, stream, budget, layout)
+            return _in_memory(cfg, None, budget, norm)
+        return _streamed(cfg, stream, budget, layout, norm)
     except BaseException:
         stream.close()
         raise
 
 
-def _in_memory(cfg: Any, dataset: Any, budget: int | None) -> TrainingData:
-    images, labels, class_names = load_images(cfg, dataset)
+def _in_memory(cfg: Any, dataset: Any, budget: int | None, norm: Normalization) -> TrainingData:
+    images, labels, class_names, stats = load_images(cfg, dataset, norm)
     return TrainingData(
         "in-memory", labels, class_names, images.shape[1:], data_fingerprint(images, labels),
-        images=images, budget=budget,
+        images=images, budget=budget, norm_stats=stats,
     )  # fmt: skip
 
 
 def _streamed(
-    cfg: Any, stream: StreamingData, budget: int | None, layout: dict | None
+    cfg: Any, stream: StreamingData, budget: int | None, layout: dict | None, norm: Normalization
 ) -> TrainingData:
     if cfg.nan_policy == "drop":
         raise ConfigError(
@@ -555,11 +660,12 @@ def _streamed(
             f"pretraining needs square images, got {size[0]}x{size[1]}; pass --image-size N.",
             cfg.data,
         )
+    stats = stream.fit_normalization(norm.stats) if norm.apply else None
     sampled = stream.read(fingerprint_rows(len(stream)))
     return TrainingData(
         "stream", stream.labels, stream.class_names, stream.shape,
         sampled_fingerprint(len(stream), sampled, stream.labels),
-        stream=stream, layout=StreamLayout(**layout), budget=budget,
+        stream=stream, layout=StreamLayout(**layout), budget=budget, norm_stats=stats,
     )  # fmt: skip
 
 

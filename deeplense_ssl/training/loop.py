@@ -224,6 +224,8 @@ def make_plan(cfg: PretrainConfig, info: DistInfo, data: TrainingData) -> Plan:
     }
     if data.layout is not None:
         resolved["stream_layout"] = dataclasses.asdict(data.layout)
+    if data.norm_stats is not None:  # zscore-dataset, fit on the whole set (kept on resume)
+        resolved["norm_stats"] = data.norm_stats
     return Plan(
         train_idx, val_idx, global_batch, steps_per_epoch, total_steps, stop_step,
         warmup_steps, lr, amp, resolved,
