@@ -398,7 +398,7 @@ def _localisation(
         "radius_arcsec": cfg.localisation_radius_fwhm * geometry[2],
         "per_class": {},
     }
-    all_maps, all_masks = [], []
+    all_maps, all_light, all_masks = [], [], []
     for c, name in enumerate(class_names):
         size = (test.shape[-1], str(test.meta.get("fit_mode", "auto")))
         idx, masks = _masked_sample(labels, c, rows, params, geometry, cfg, rng, size)
@@ -406,13 +406,27 @@ def _localisation(
             continue
         images = test.take(rows[idx])
         maps = attribution_maps(model, images, labels[idx], [cfg.localisation_method])
-        out["per_class"][name] = attribution_localisation(maps[cfg.localisation_method], masks)
+        light = np.abs(np.asarray(images, dtype=np.float64)).sum(axis=1)  # (M, H, W)
+        out["per_class"][name] = _localisation_scores(maps[cfg.localisation_method], light, masks)
         all_maps.append(maps[cfg.localisation_method])
+        all_light.append(light)
         all_masks.append(masks)
     if not all_maps:
         return None
-    out["all"] = attribution_localisation(np.concatenate(all_maps), np.concatenate(all_masks))
+    maps_all, light_all = np.concatenate(all_maps), np.concatenate(all_light)
+    out["all"] = _localisation_scores(maps_all, light_all, np.concatenate(all_masks))
     return out
+
+
+def _localisation_scores(maps: np.ndarray, light: np.ndarray, masks: np.ndarray) -> dict:
+    """:func:`attribution_localisation` of ``maps`` plus the same share for the images' own
+    light (``light_fraction``, ``ratio_to_light``): attribution that simply follows the bright
+    ring puts about the light's share on the masks, since subhalos sit near the ring."""
+    scores = attribution_localisation(maps, masks)
+    light_share = attribution_localisation(light, masks)["fraction"]
+    scores["light_fraction"] = light_share
+    scores["ratio_to_light"] = scores["fraction"] / light_share if light_share > 0 else None
+    return scores
 
 
 def _masked_sample(

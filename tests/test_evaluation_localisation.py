@@ -57,7 +57,7 @@ def test_localisation_matches_captum_and_hand_made_masks(run, tmp_path):
             x, baselines=torch.zeros_like(x), target=c, n_steps=32
         )
         maps = np.abs(ig.sum(1).detach().numpy())
-        fractions, areas = [], []
+        fractions, areas, lights = [], [], []
         for j, i in enumerate(idx):
             if c == 1:  # by hand: within 0.3 arcsec of either subhalo
                 d2 = (xx[..., None] - params["subhalo_x_arcsec"][i]) ** 2 + (
@@ -70,11 +70,15 @@ def test_localisation_matches_captum_and_hand_made_masks(run, tmp_path):
             mask = mask[crop, crop]
             fractions.append(maps[j][mask].sum() / maps[j].sum())
             areas.append(mask.mean())
+            light = np.abs(images[idx[j], 0])
+            lights.append(light[mask].sum() / light.sum())
         got = m["per_class"][name]
         assert got["n"] == len(idx)
         assert got["fraction"] == pytest.approx(np.mean(fractions), rel=1e-4)
         assert got["random"] == pytest.approx(np.mean(areas), rel=1e-6)
         assert got["ratio"] == pytest.approx(np.mean(fractions) / np.mean(areas), rel=1e-4)
+        assert got["light_fraction"] == pytest.approx(np.mean(lights), rel=1e-6)
+        assert got["ratio_to_light"] == pytest.approx(np.mean(fractions) / np.mean(lights), 1e-4)
     assert m["all"]["n"] == 6 and radius == m["radius_fwhm"]
 
 
@@ -104,7 +108,8 @@ def test_report_shows_the_localisation_table_and_ratio(run, tmp_path):
     )
     page = out.read_text()
     assert "Does the model look at the substructure?" in page
-    ratio = m["localisation"]["all"]["ratio"]
-    assert f"<td>{ratio:.2f}</td>" in page
+    ratio, to_light = (m["localisation"]["all"][k] for k in ("ratio", "ratio_to_light"))
+    assert f"<td>{ratio:.2f}</td>" in page and f"<td>{ratio:.2f} / {to_light:.2f}</td>" in page
     row = json.loads((tmp_path / "metrics.json").read_text())["runs"][0]
     assert row["substructure_attribution_ratio"] == pytest.approx(ratio)
+    assert row["substructure_attribution_ratio_to_light"] == pytest.approx(to_light)
