@@ -418,14 +418,18 @@ def _localisation(
     return out
 
 
-def _localisation_scores(maps: np.ndarray, light: np.ndarray, masks: np.ndarray) -> dict:
+def _localisation_scores(
+    maps: np.ndarray, light: np.ndarray, masks: np.ndarray
+) -> dict[str, float | None]:
     """:func:`attribution_localisation` of ``maps`` plus the same share for the images' own
     light (``light_fraction``, ``ratio_to_light``): attribution that simply follows the bright
     ring puts about the light's share on the masks, since subhalos sit near the ring."""
-    scores = attribution_localisation(maps, masks)
+    scores: dict[str, float | None] = dict(attribution_localisation(maps, masks))
     light_share = attribution_localisation(light, masks)["fraction"]
     scores["light_fraction"] = light_share
-    scores["ratio_to_light"] = scores["fraction"] / light_share if light_share > 0 else None
+    fraction = scores["fraction"]
+    ratio = fraction / light_share if fraction is not None and light_share > 0 else None
+    scores["ratio_to_light"] = ratio
     return scores
 
 

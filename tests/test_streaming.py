@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers_crash import Crash, crash_at
 
 from deeplense_ssl import streaming, training
 from deeplense_ssl.checkpoint import load_checkpoint, save_checkpoint
@@ -366,18 +367,6 @@ def test_auto_mode_streams_beyond_the_memory_budget(tmp_path, small_chunks):
     assert _resolved(large)["data_mode"] == "in-memory" and "stream_layout" not in _resolved(large)
 
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_at(k: int):
-    def on_step(step, record):
-        if step == k:
-            raise _Crash
-
-    return on_step
-
-
 def test_streaming_resume_after_a_crash_mid_epoch_is_bitwise(tmp_path, small_chunks):
     """24 images, batch 2: 12 steps an epoch; checkpoints every 3; crash at 8 (mid-epoch,
     mid-window); the resume starts at 6 and reads the order from there."""
@@ -385,8 +374,8 @@ def test_streaming_resume_after_a_crash_mid_epoch_is_bitwise(tmp_path, small_chu
     kw = dict(data=str(tmp_path / "s" / "*.h5"), data_mode="stream")
     ref = training.pretrain(_cfg(tmp_path / "ref", **kw), progress=False)
     run = tmp_path / "run"
-    with pytest.raises(_Crash):
-        training.pretrain(_cfg(run, **kw), progress=False, on_step=_crash_at(8))
+    with pytest.raises(Crash):
+        training.pretrain(_cfg(run, **kw), progress=False, on_step=crash_at(8))
     assert load_checkpoint(run / CHECKPOINT_FILE)["step"] == 6
     torch.manual_seed(99)
     # the budget now says in-memory: the resume keeps the run's streaming order regardless
@@ -403,8 +392,8 @@ def test_a_run_from_before_streaming_resumes_in_memory(tmp_path):
     data = _write(tmp_path / "d.h5", _images(), _labels())
     ref = training.pretrain(_cfg(tmp_path / "ref", data=str(data), epochs=1), progress=False)
     run = tmp_path / "old"
-    with pytest.raises(_Crash):
-        training.pretrain(_cfg(run, data=str(data), epochs=1), progress=False, on_step=_crash_at(4))
+    with pytest.raises(Crash):
+        training.pretrain(_cfg(run, data=str(data), epochs=1), progress=False, on_step=crash_at(4))
     state = load_checkpoint(run / CHECKPOINT_FILE)
     for key in ("data_mode", "max_memory_gb", "prefetch"):  # as written before these existed
         state["config"].pop(key)

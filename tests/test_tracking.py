@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers_crash import Crash, crash_at
 from helpers_finetune import fake_pretrain_run, write_toy_h5
 
 from deeplense_ssl import tracking, training
@@ -39,10 +40,6 @@ from deeplense_ssl.training.resume import RESUMABLE_CHANGES
 from deeplense_ssl_cli.main import cli
 
 PRETRAIN_FILES = {"config.json", "checkpoint.pt", "backbone.pt", "metrics.jsonl", "loss_curve.png"}
-
-
-class Crash(Exception):
-    """Raised from ``on_step`` to kill a run like a crash."""
 
 
 def _imageset(n: int = 12) -> ImageSet:
@@ -74,14 +71,6 @@ def _cfg(out: Path, **kw) -> PretrainConfig:
 
 def _pretrain(out: Path, on_step=None, **kw) -> Path:
     return training.pretrain(_cfg(out, **kw), progress=False, dataset=_imageset(), on_step=on_step)
-
-
-def _crash_at(step: int):
-    def on_step(s: int, record: dict) -> None:
-        if s == step:
-            raise Crash(f"killed at step {s}")
-
-    return on_step
 
 
 def _expected(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -247,7 +236,7 @@ def test_a_resumed_run_continues_the_same_tracker_run_without_duplicate_steps(
     # 3 steps an epoch; checkpoints at 2, 3, 4; step 5 is logged, then the run dies
     out = tmp_path / "run"
     with pytest.raises(Crash):
-        _pretrain(out, on_step=_crash_at(5), epochs=2, log=log)
+        _pretrain(out, on_step=crash_at(5), epochs=2, log=log)
     first, killed = read_json(out / TRACKING_FILE, "tracking"), read_metrics(out)
     # event files are read in name order, whose first field is the time in whole seconds
     time.sleep(1.05)
@@ -280,7 +269,7 @@ def test_a_resumed_run_continues_the_same_tracker_run_without_duplicate_steps(
 def test_tracking_can_be_switched_on_when_resuming(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(Crash):
-        _pretrain(out, on_step=_crash_at(3), epochs=2)
+        _pretrain(out, on_step=crash_at(3), epochs=2)
     _pretrain(out, epochs=2, log="tensorboard", resume=True)
     scalars, _ = _tensorboard(out / "tensorboard")
     assert [s for s, _ in scalars["step/loss"]] == [4, 5, 6]  # from the checkpoint at 3 on

@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers_crash import Crash, crash_at
 
 from deeplense_ssl import training
 from deeplense_ssl.checkpoint import load_checkpoint, save_checkpoint
@@ -111,24 +112,12 @@ def test_prefetch_on_and_off_give_bitwise_the_same_weights(tmp_path):
     )
 
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_at(k: int):
-    def on_step(step, record):
-        if step == k:
-            raise _Crash
-
-    return on_step
-
-
 def test_a_crash_mid_run_leaves_no_producer_and_resumes_with_another_depth(tmp_path):
     ref = training.pretrain(_cfg(tmp_path / "ref", prefetch=0), progress=False, dataset=_images())
     run = tmp_path / "run"
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         training.pretrain(
-            _cfg(run, prefetch=2), progress=False, dataset=_images(), on_step=_crash_at(5)
+            _cfg(run, prefetch=2), progress=False, dataset=_images(), on_step=crash_at(5)
         )
     assert not _producers()
     assert load_checkpoint(run / CHECKPOINT_FILE)["step"] == 4  # the epoch end

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_crash import Crash, crash_at
 from torch import nn
 
 from deeplense_ssl import training
@@ -76,18 +77,6 @@ def _assert_bitwise_equal(a: dict, b: dict) -> None:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
     for idx, buf in a["opt"]["state"].items():
         assert torch.equal(buf["momentum_buffer"], b["opt"]["state"][idx]["momentum_buffer"])
-
-
-class _Crash(Exception):
-    pass
-
-
-def _crash_after(k: int):
-    def on_step(step, record):
-        if step == k:
-            raise _Crash
-
-    return on_step
 
 
 def test_fresh_run_writes_the_run_folder(tmp_path):
@@ -173,8 +162,8 @@ def test_resume_after_a_crash_is_bitwise_identical(tmp_path, method):
     ref = training.pretrain(_cfg(tmp_path / "ref", **kw), progress=False, dataset=ds)
 
     crashed = tmp_path / "crashed"
-    with pytest.raises(_Crash):
-        training.pretrain(_cfg(crashed, **kw), progress=False, dataset=ds, on_step=_crash_after(7))
+    with pytest.raises(Crash):
+        training.pretrain(_cfg(crashed, **kw), progress=False, dataset=ds, on_step=crash_at(7))
     assert load_checkpoint(crashed / CHECKPOINT_FILE)["step"] == 6  # step 7 is lost
     assert not (crashed / "backbone.pt").exists()
     torch.manual_seed(12345)  # whatever the process did meanwhile must not matter

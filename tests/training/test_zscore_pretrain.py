@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers_crash import Crash, crash_at
 
 from deeplense_ssl import streaming, training
 from deeplense_ssl.checkpoint import load_checkpoint
@@ -185,18 +186,6 @@ def test_paired_renderings_get_the_statistics_of_data(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_at(k: int):
-    def on_step(step, record):
-        if step == k:
-            raise _Crash
-
-    return on_step
-
-
 @pytest.mark.parametrize("mode", ["in-memory", "stream"])
 def test_resume_reuses_the_recorded_statistics_and_is_bitwise(
     tmp_path, small_blocks, monkeypatch, mode
@@ -204,9 +193,9 @@ def test_resume_reuses_the_recorded_statistics_and_is_bitwise(
     spec = _shards(tmp_path / "s", _images())
     ref = training.pretrain(_cfg(tmp_path / "ref", spec, data_mode=mode, epochs=1), progress=False)
     run = tmp_path / "run"
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         training.pretrain(
-            _cfg(run, spec, data_mode=mode, epochs=1), progress=False, on_step=_crash_at(5)
+            _cfg(run, spec, data_mode=mode, epochs=1), progress=False, on_step=crash_at(5)
         )
     recorded = load_checkpoint(run / CHECKPOINT_FILE)["resolved"]["norm_stats"]
     assert recorded == _resolved(ref)["norm_stats"]
