@@ -494,7 +494,8 @@ from deeplense_ssl import streaming, training
 from deeplense_ssl.config import PretrainConfig
 data.CHUNK_IMAGES, streaming.MAX_WINDOW_CHUNKS = 4, 2
 cfg = PretrainConfig(**json.loads(sys.argv[1]))
-training.pretrain(cfg, progress=False, on_step=lambda s, r: time.sleep(0.4))
+pause = float(sys.argv[2])  # seconds after each step (0: run through)
+training.pretrain(cfg, progress=False, on_step=lambda s, r: time.sleep(pause))
 """
 
 
@@ -507,11 +508,16 @@ def test_streaming_resume_after_sigkill_is_bitwise(tmp_path, small_chunks):
 
     _shards(tmp_path / "s", _images(), _labels())
     kw = dict(data=str(tmp_path / "s" / "*.h5"), data_mode="stream", checkpoint_every_steps=1)
-    ref = training.pretrain(_cfg(tmp_path / "ref", **kw), progress=False)
-    killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cfg_json = json.dumps(vars(_cfg(killed, **kw)))
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, cfg_json], env=env)
+
+    def fresh(cfg, pause: str):  # every part in a fresh interpreter, as a user's runs are
+        args = [sys.executable, "-c", _KILL_SCRIPT, json.dumps(vars(cfg)), pause]
+        return subprocess.Popen(args, env=env)
+
+    ref = tmp_path / "ref"
+    assert fresh(_cfg(ref, **kw), "0").wait(timeout=300) == 0
+    killed = tmp_path / "killed"
+    proc = fresh(_cfg(killed, **kw), "0.4")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -525,7 +531,7 @@ def test_streaming_resume_after_sigkill_is_bitwise(tmp_path, small_chunks):
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert 5 <= load_checkpoint(killed / CHECKPOINT_FILE)["step"] < 24
-    training.pretrain(_cfg(killed, resume=True, **kw), progress=False)
+    assert fresh(_cfg(killed, resume=True, **kw), "0").wait(timeout=300) == 0
     _assert_same_weights(ref, killed)
 
 

@@ -207,7 +207,8 @@ _KILL_SCRIPT = textwrap.dedent(
     from deeplense_ssl.config import PretrainConfig
     images = np.random.default_rng(0).random((12, 1, 16, 16), dtype=np.float32)
     cfg = PretrainConfig(**json.loads(sys.argv[1]))
-    training.pretrain(cfg, progress=False, dataset=images, on_step=lambda s, r: time.sleep(0.4))
+    pause = float(sys.argv[2])  # seconds after each step (0: run through)
+    training.pretrain(cfg, progress=False, dataset=images, on_step=lambda s, r: time.sleep(pause))
     """
 )
 
@@ -216,13 +217,16 @@ _KILL_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("method", ["simclr", "byol", "dino"])  # plain, EMA target, EMA + centre
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path, method):
     kw = dict(epochs=2, batch_size=2, checkpoint_every_steps=1, lr=0.05, method=method)
-    images = _images(12)
-    ref = training.pretrain(_cfg(tmp_path / "ref", **kw), progress=False, dataset=images)
-
-    killed = tmp_path / "killed"
-    cfg_json = json.dumps(vars(_cfg(killed, **kw)))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, cfg_json], env=env)
+
+    def fresh(cfg, pause: str):  # every part in a fresh interpreter, as a user's runs are
+        args = [sys.executable, "-c", _KILL_SCRIPT, json.dumps(vars(cfg)), pause]
+        return subprocess.Popen(args, env=env)
+
+    ref = tmp_path / "ref"
+    assert fresh(_cfg(ref, **kw), "0").wait(timeout=300) == 0
+    killed = tmp_path / "killed"
+    proc = fresh(_cfg(killed, **kw), "0.4")
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -237,7 +241,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, method):
     assert proc.returncode == -signal.SIGKILL
     step_at_kill = load_checkpoint(killed / CHECKPOINT_FILE)["step"]
     assert 3 <= step_at_kill < 12
-    training.pretrain(_cfg(killed, resume=True, **kw), progress=False, dataset=images)
+    assert fresh(_cfg(killed, resume=True, **kw), "0").wait(timeout=300) == 0
     _assert_bitwise_equal(_weights(ref), _weights(killed))
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 
