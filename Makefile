@@ -21,7 +21,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy deeplense_ssl
+	$(VENV)/bin/mypy deeplense_ssl cli
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy deeplense_ssl
+	$(VENV)/bin/mypy deeplense_ssl cli
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

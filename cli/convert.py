@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from deeplense_ssl.config import ConvertConfig, config_from_sources
@@ -30,7 +32,7 @@ from .options import (
 )
 @reader_options(ConvertConfig)
 @config_option
-def command(**kwargs: object) -> None:
+def command(**kwargs: Any) -> None:
     """Convert SRC (DeepLense class folders, flat folder, .npy/.npz, HDF5, FITS) to HDF5.
 
     Images become float32 (N, C, H, W) after the NaN policy; the file also stores int labels,

@@ -9,6 +9,7 @@ from deeplense_ssl.config import EvaluateConfig, config_from_sources
 from .options import (
     allow_pickle_option,
     config_option,
+    data_mode_options,
     device_option,
     explicit_params,
     field_option,
@@ -62,18 +63,10 @@ C = EvaluateConfig
     "localisation_radius_fwhm",
     help="Distance from the substructure that counts as on it, in PSF FWHM.",
 )
-@field_option(
+@data_mode_options(
     C,
-    "data_mode",
-    help="stream: score --data block by block, never loading it (resumable: a killed run "
-    "continues from <out>.partial); in-memory: load it; auto: stream when the cleaned set is "
-    "larger than --max-memory-gb or --data names several files.",
-)
-@field_option(
-    C,
-    "max_memory_gb",
-    help="Memory budget of the test images in GiB for --data-mode auto (default: half of the "
-    "available memory).",
+    "score --data block by block, never loading it (resumable: a killed run continues from "
+    "<out>.partial)",
 )
 @normalize_option(C, "Per-image scaling; auto: as the model was trained (recommended).")
 @nan_policy_option(C)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from deeplense_ssl.config import ExportConfig, config_from_sources
@@ -27,7 +29,7 @@ C = ExportConfig
     "Both are replaced together, or not at all.",
 )
 @config_option
-def command(**kwargs: object) -> None:
+def command(**kwargs: Any) -> None:
     """Export the network of a finished run (RUN: the --out folder of pretrain or finetune).
 
     A pretrain run gives its backbone (images -> embeddings), a finetune run its backbone and

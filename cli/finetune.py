@@ -9,6 +9,7 @@ from deeplense_ssl.config import FinetuneConfig, config_from_sources
 from .options import (
     allow_pickle_option,
     config_option,
+    data_mode_options,
     device_option,
     explicit_params,
     field_option,
@@ -23,7 +24,11 @@ C = FinetuneConfig
 
 
 @click.command("finetune")
-@field_option(C, "data", type=click.Path(exists=True), help="Labelled training data.")
+@field_option(
+    C,
+    "data",
+    help="Labelled training data; several HDF5 shards as a comma-separated list or a quoted glob.",
+)
 @field_option(
     C,
     "checkpoint",
@@ -92,6 +97,11 @@ C = FinetuneConfig
 )
 @field_option(C, "backbone", help="Architecture of a baseline without --checkpoint.")
 @field_option(C, "stem", help="Stem of a baseline without --checkpoint.")
+@data_mode_options(
+    C,
+    "read the labels of --data, then load only the images of the label budget (training and "
+    "validation)",
+)
 @tracking_options(C)
 @normalize_option(C, "Per-image scaling; auto: as in the pretrain run (minmax without one).")
 @nan_policy_option(C)

@@ -183,6 +183,33 @@ def tracking_options(cls: type) -> Decorator:
     )
 
 
+def data_mode_options(cls: type, stream_help: str, several_stream: bool = True) -> Decorator:
+    """``--data-mode`` and ``--max-memory-gb`` (pretrain, finetune, evaluate).
+
+    Args:
+        cls: the config class; stream_help: what ``stream`` does for this command;
+        several_stream: ``auto`` streams whenever ``--data`` names several files.
+    """
+    several = " or --data names several files" if several_stream else ""
+    return _stacked(
+        [
+            field_option(
+                cls,
+                "data_mode",
+                help=f"stream: {stream_help} (several shards: a comma-separated list or a quoted "
+                "glob, e.g. 'shards/*.h5'); in-memory: load --data whole; auto: stream when the "
+                f"cleaned set is larger than --max-memory-gb{several}.",
+            ),
+            field_option(
+                cls,
+                "max_memory_gb",
+                help="Memory budget of the images in GiB for --data-mode auto (default: half of "
+                "the available memory).",
+            ),
+        ]
+    )
+
+
 def reader_options(cls: type) -> Decorator:
     """The options that say how to read labels and arrays of a source (convert, inspect)."""
     options = [

@@ -17,6 +17,7 @@ from deeplense_ssl.methods import METHOD_NAMES, get_method
 from .options import (
     allow_pickle_option,
     config_option,
+    data_mode_options,
     device_option,
     explicit_params,
     field_option,
@@ -139,19 +140,7 @@ def _method_help() -> str:
     help="Batches prepared ahead in a background thread while a step runs (0: off; the same "
     "batches either way).",
 )
-@field_option(
-    C,
-    "data_mode",
-    help="stream: read --data in chunks, never whole (several shards: a comma-separated list "
-    "or a quoted glob, e.g. 'shards/*.h5'); in-memory: load it; auto: stream when the cleaned "
-    "set is larger than --max-memory-gb.",
-)
-@field_option(
-    C,
-    "max_memory_gb",
-    help="Memory budget of the training set in GiB for --data-mode auto (default: half of "
-    "the available memory).",
-)
+@data_mode_options(C, "read --data in chunks, never whole", several_stream=False)
 @tracking_options(C)
 @normalize_option(C, "Per-image (or dataset) scaling applied after loading.")
 @nan_policy_option(C)

@@ -419,6 +419,12 @@ class FinetuneConfig(DataOptions):
     feature_dihedral: bool = True  # frozen backbone: also cache features of 8 dihedral copies
     # auto: the pretrain run's normalisation (minmax without one)
     normalize: str = _field("auto", choices=("auto", *NORMALIZATIONS))
+    # stream: read the labels of --data (one file, a comma-separated list or a glob of shards)
+    # and load only the images of the label budget; in-memory: load the set; auto: stream when
+    # the cleaned set exceeds max_memory_gb (or --data names several files)
+    data_mode: str = _field("auto", choices=DATA_MODES)
+    # memory budget of the images in GiB (None: half of the available memory)
+    max_memory_gb: float | None = _field(None, gt=0)
     seed: int = _seed()
     device: str = _field("auto", choices=DEVICES)
     # experiment tracking of metrics.jsonl, the config and the final metrics (extra `track`)

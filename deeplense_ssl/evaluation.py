@@ -62,7 +62,7 @@ from .runs import (
 from .runtime import resolve_device, seed_everything
 from .scoring import StreamedTestSet, file_identity
 from .simulate import MASK_PARAMS, substructure_geometry, substructure_masks
-from .streaming import CleanOptions, ShardSet, choose_data_mode, memory_budget_bytes, shard_paths
+from .streaming import CleanOptions, open_stream
 
 N_EXAMPLES_PER_CLASS = 4
 N_NEIGHBOURS = 6
@@ -137,7 +137,9 @@ def _open_test_set(
             image_size=image_size,
             allow_pickle=cfg.allow_pickle,
         )
-        shards, budget = _stream_shards(cfg, options)
+        shards, budget = open_stream(
+            cfg.data, cfg.data_mode, cfg.max_memory_gb, options, "evaluate"
+        )
         if shards is not None:
             try:
                 if normalize == "zscore-dataset" and stats is None:
@@ -177,45 +179,6 @@ def _pending_error(cfg: EvaluateConfig, run_dir: Path) -> DataError:
         f"{run_dir} has none; evaluate with the run's own normalisation (--normalize auto).",
         cfg.data,
     )
-
-
-def _stream_shards(
-    cfg: EvaluateConfig, options: CleanOptions
-) -> tuple[ShardSet | None, int | None]:
-    """The opened shards when the test set is to be streamed (``stream``; ``auto`` with several
-    files or more cleaned bytes than the memory budget), else None; and the budget in bytes.
-
-    Raises:
-        ConfigError: several files with ``data_mode="in-memory"``, or ``nan_policy="drop"``
-            when streaming.
-        DataError: a missing, unreadable, truncated or mismatched shard (named).
-    """
-    several = len(shard_paths(cfg.data)) > 1
-    if cfg.data_mode == "in-memory":
-        if several:
-            raise ConfigError(
-                f"--data {cfg.data} names several files; evaluate them with --data-mode stream "
-                "(or auto)."
-            )
-        return None, None
-    budget = memory_budget_bytes(cfg.max_memory_gb)
-    shards = ShardSet(cfg.data, options)
-    try:
-        nbytes = len(shards) * shards.image_bytes
-        mode = "stream" if several else choose_data_mode(cfg.data_mode, nbytes, budget)
-        if mode == "in-memory":
-            shards.close()
-            return None, budget
-        if cfg.nan_policy == "drop":
-            raise ConfigError(
-                "nan_policy='drop' changes the number of images, which streaming needs to know "
-                "up front: convert the data with --nan-policy drop first (deeplense-ssl "
-                "convert), or use --nan-policy zero/median/interpolate, or --data-mode in-memory."
-            )
-        return shards, budget
-    except BaseException:
-        shards.close()
-        raise
 
 
 def _check_images(shape: tuple[int, ...], spec: dict, run_dir: Path, data: str) -> None:

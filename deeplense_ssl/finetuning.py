@@ -85,6 +85,14 @@ from .runs import (
     write_jsonl,
 )
 from .runtime import resolve_device, seed_everything
+from .streaming import (
+    CleanOptions,
+    RowImages,
+    StreamedPool,
+    channel_stats,
+    open_stream,
+    row_blocks,
+)
 from .tracking import final_metrics, open_tracker, require_tracker
 from .training.data import Prefetcher, fetch
 from .transforms import random_dihedral
@@ -98,7 +106,9 @@ class FinetuneData:
     """The images of a fine-tuning run after loading, checking and splitting.
 
     Attributes:
-        images: (N, C, H, W) float32, normalised as the model will see them.
+        images: (N, C, H, W) float32, normalised as the model will see them; when streamed,
+            a :class:`~deeplense_ssl.streaming.RowImages` holding only the labelled and
+            validation rows (indexed by row like the whole set).
         labels: (N,) int64 class indices into ``class_names``.
         class_names: names in label order.
         train_pool: indices of every image outside the validation split (the
@@ -114,7 +124,7 @@ class FinetuneData:
         nan_report: the NaN policy report of the loaded data.
     """
 
-    images: np.ndarray
+    images: np.ndarray | RowImages
     labels: np.ndarray
     class_names: list[str]
     train_pool: np.ndarray
@@ -554,21 +564,21 @@ def _resolve_backbone(cfg: FinetuneConfig, data_chans: int | None) -> tuple[nn.M
 
 def _check_data(cfg: FinetuneConfig, dataset: Any, info: dict, image_size: int | None) -> None:
     """Channels and image size must fit the backbone; at least two classes must be present."""
-    images = np.asarray(dataset.images, dtype=np.float32)
+    shape = _pool_shape(dataset)
     labels = np.asarray(dataset.labels, dtype=np.int64)
     class_names = list(dataset.class_names)
-    if images.ndim != 4 or images.shape[1] != info["in_chans"]:
+    if len(shape) != 4 or shape[1] != info["in_chans"]:
         where = cfg.checkpoint or "the backbone"
         raise CheckpointError(
             f"{where}: the backbone takes {info['in_chans']} channel(s) but {cfg.data} has images "
-            f"of shape {images.shape[1:]}; pretrain on data with the same bands, or fine-tune "
+            f"of shape {shape[1:]}; pretrain on data with the same bands, or fine-tune "
             "a baseline (--from-scratch / --random-init) without --checkpoint."
         )
     seen = info.get("input_shape")
     if cfg.init == "pretrained" and image_size is None and seen and len(seen) == 3:
-        if tuple(images.shape[2:]) != tuple(seen[1:]):
+        if tuple(shape[2:]) != tuple(seen[1:]):
             raise DataError(
-                f"images are {images.shape[2]}x{images.shape[3]} px but the backbone in "
+                f"images are {shape[2]}x{shape[3]} px but the backbone in "
                 f"{cfg.checkpoint} was pretrained on {seen[1]}x{seen[2]} px; pass "
                 f"--image-size {seen[1]} to crop/resize them as in pretraining, or choose the "
                 "size explicitly with --image-size.",
@@ -583,10 +593,33 @@ def _check_data(cfg: FinetuneConfig, dataset: Any, info: dict, image_size: int |
         )
 
 
+def _pool_shape(dataset: Any) -> tuple[int, ...]:
+    """``(N, C, H, W)`` of a loaded or streamed (:class:`StreamedPool`) set."""
+    if isinstance(dataset, StreamedPool):
+        return tuple(dataset.shape)
+    return tuple(np.shape(dataset.images))
+
+
+def _fit_zscore(dataset: Any, rows: np.ndarray) -> dict:
+    """``zscore-dataset`` statistics of images ``rows`` (no labels used), applied to the set.
+
+    Both data paths sum the same blocks (:func:`~deeplense_ssl.streaming.row_blocks`), so a
+    streamed run gets bitwise the statistics of the loaded one.
+    """
+    if isinstance(dataset, StreamedPool):
+        return dataset.fit_normalization(rows).to_dict()
+    stats = channel_stats(row_blocks(lambda r: dataset.images[r], rows, _pool_shape(dataset)[1:]))
+    dataset.apply_normalization(stats)
+    return stats.to_dict()
+
+
 def _split(
-    cfg: FinetuneConfig, dataset: Any, normalize: str, image_size: int | None
+    cfg: FinetuneConfig, dataset: Any, normalize: str, image_size: int | None, progress: bool
 ) -> FinetuneData:
-    """Label budget (:func:`label_budget_split`) and (``zscore-dataset``) normalisation fit."""
+    """Label budget (:func:`label_budget_split`) and (``zscore-dataset``) normalisation fit.
+
+    A streamed set (:class:`StreamedPool`) then loads the images of the label budget only.
+    """
     labels = np.asarray(dataset.labels, dtype=np.int64)
     budget = label_budget_split(
         labels, cfg.label_fraction, cfg.val_fraction, cfg.min_val_per_class, seed=cfg.seed
@@ -599,11 +632,16 @@ def _split(
         # pretrain run (whose resolved["norm_stats"] were fit on its own pretraining set):
         # the fine-tuning data are standardised by their own statistics, and evaluate / embed
         # of the finetune run use these.
-        norm_stats = dataset.fit_normalization(train_pool).to_dict()
+        norm_stats = _fit_zscore(dataset, train_pool)
     elif isinstance(getattr(dataset, "meta", None), dict):
         norm_stats = dataset.meta.get("norm_stats")
+    if isinstance(dataset, StreamedPool):
+        used = np.union1d(budget.train, budget.val)
+        images: np.ndarray | RowImages = dataset.load_rows(used, progress=progress)
+    else:
+        images = np.asarray(dataset.images, dtype=np.float32)
     return FinetuneData(
-        images=np.asarray(dataset.images, dtype=np.float32),
+        images=images,
         labels=labels,
         class_names=list(dataset.class_names),
         train_pool=train_pool,
@@ -621,12 +659,24 @@ def _split(
 def _load_data(
     cfg: FinetuneConfig, dataset: Any, info: dict, progress: bool
 ) -> tuple[Any, str, int | None]:
-    """The dataset (read from ``cfg.data`` unless given) with the run's preprocessing."""
+    """The dataset with the run's preprocessing: ``dataset`` when given, else ``cfg.data``
+    opened for streaming (:class:`StreamedPool`, ``cfg.data_mode``) or loaded."""
     normalize = cfg.normalize
     if normalize == "auto":
         normalize = info.get("normalize") or "minmax"
     image_size = cfg.image_size if cfg.image_size is not None else info.get("image_size")
+    if dataset is not None and cfg.data_mode == "stream":
+        raise ConfigError(
+            "data_mode='stream' reads --data from files; a dataset passed in memory is "
+            "fine-tuned in memory (data_mode 'auto' or 'in-memory')."
+        )
     if dataset is None:
+        options = CleanOptions(cfg.nan_policy, normalize, image_size, cfg.allow_pickle)
+        shards, budget = open_stream(
+            cfg.data, cfg.data_mode, cfg.max_memory_gb, options, "finetune"
+        )
+        if shards is not None:
+            return StreamedPool(shards, budget), normalize, image_size
         dataset = load_dataset(
             cfg.data,
             nan_policy=cfg.nan_policy,
@@ -810,6 +860,8 @@ def _data_summary(cfg: FinetuneConfig, data: FinetuneData) -> dict[str, Any]:
         "label_fraction": float(cfg.label_fraction),
         "n_labels_used": int(len(labelled) + len(data.val_idx)),
         "image_shape": list(data.images.shape[1:]),
+        # streamed: only the labelled images were loaded, and the NaN report counts those
+        "data_mode": "stream" if isinstance(data.images, RowImages) else "in-memory",
         "nan_report": to_jsonable(data.nan_report),
     }
 
@@ -967,10 +1019,14 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
     # the order of the random draws (backbone init, splits, head init) is part of the contract
     backbone, info = _resolve_backbone(cfg, None) if cfg.checkpoint else (None, {})
     dataset, normalize, image_size = _load_data(cfg, dataset, info, progress)
-    if backbone is None:
-        backbone, info = _resolve_backbone(cfg, int(np.asarray(dataset.images).shape[1]))
-    _check_data(cfg, dataset, info, image_size)
-    data = _split(cfg, dataset, normalize, image_size)
+    try:
+        if backbone is None:
+            backbone, info = _resolve_backbone(cfg, int(_pool_shape(dataset)[1]))
+        _check_data(cfg, dataset, info, image_size)
+        data = _split(cfg, dataset, normalize, image_size, progress)
+    finally:
+        if isinstance(dataset, StreamedPool):
+            dataset.close()  # the run's images are in memory now
 
     mode = "end_to_end" if cfg.init == "scratch" or cfg.head == "full" else "probe"
     head_kind = "mlp" if cfg.head == "mlp" else "linear"

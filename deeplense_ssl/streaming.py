@@ -30,14 +30,15 @@ from __future__ import annotations
 import glob
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .cleaning import NormStats
+from .cleaning import NanReport, NormStats
 from .datasets import iter_clean_blocks
 from .errors import ConfigError, DataError
 from .io import Source, available_memory_bytes, open_source
@@ -238,6 +239,7 @@ class ShardSet:
         paths: the shard files; offsets: ``(S + 1,)`` first global index of each shard.
         labels: ``(N,)`` int64; class_names: names in label order.
         image_shape: ``(C, H, W)`` of a cleaned image.
+        nan_report: what the NaN policy touched in the images :meth:`read` so far.
 
     Raises:
         DataError: a shard that is missing, unreadable, truncated or whose layout (classes,
@@ -247,6 +249,8 @@ class ShardSet:
     def __init__(self, spec: str, options: CleanOptions) -> None:
         self.spec, self.options = spec, options
         self.stats: NormStats | None = None  # zscore-dataset statistics applied when read
+        # what the NaN policy touched in every image read so far (reset it to count anew)
+        self.nan_report = NanReport(policy=options.nan_policy)
         self.paths = shard_paths(spec)
         self.sources: list[Source] = []
         self._ids: list[tuple[int, int]] = []
@@ -290,7 +294,7 @@ class ShardSet:
         """Read the first and the last image of shard ``k`` (a truncated file fails here)."""
         src = self.sources[k]
         probe = CleanOptions("zero", "none", self.options.image_size)  # the shape only
-        shapes = {_clean_range(src, i, i + 1, probe).shape[1:] for i in (0, len(src) - 1)}
+        shapes = {_clean_range(src, i, i + 1, probe)[0].shape[1:] for i in (0, len(src) - 1)}
         return tuple(int(v) for v in shapes.pop())
 
     def __len__(self) -> int:
@@ -306,11 +310,11 @@ class ShardSet:
         k = int(np.searchsorted(self.offsets, row, side="right")) - 1
         return self.paths[k], int(row - self.offsets[k])
 
-    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+    def read(self, rows: Sequence[int] | np.ndarray, gap: int = READ_GAP) -> np.ndarray:
         """Cleaned images ``rows`` (global indices, any order), ``(len(rows), C, H, W)``.
 
         Each shard's images are read in ascending order, consecutive ones (and gaps of at most
-        :data:`READ_GAP`) in one read.
+        ``gap`` images, read and cleaned too: :attr:`nan_report` counts them) in one read.
 
         Raises:
             DataError: a shard deleted, replaced or unreadable since it was opened, a NaN
@@ -324,13 +328,14 @@ class ShardSet:
             where = order[shard_of == k]
             local = rows[where] - self.offsets[k]
             self._check_present(int(k))
-            for lo, hi in _runs(local, READ_GAP):
+            for lo, hi in _runs(local, gap):
                 take = (local >= lo) & (local < hi)
                 out[where[take]] = self._clean(int(k), lo, hi)[local[take] - lo]
         return out
 
     def _clean(self, k: int, lo: int, hi: int) -> np.ndarray:
-        images = _clean_range(self.sources[k], lo, hi, self.options, self.stats)
+        images, report = _clean_range(self.sources[k], lo, hi, self.options, self.stats)
+        self.nan_report = self.nan_report + report
         if images.shape[1:] != self.image_shape:
             raise DataError(
                 f"images {lo}..{hi - 1} are {images.shape[1:]}, not {self.image_shape}; "
@@ -366,9 +371,9 @@ class ShardSet:
 
 def _clean_range(
     src: Source, lo: int, hi: int, options: CleanOptions, stats: NormStats | None = None
-) -> np.ndarray:
+) -> tuple[np.ndarray, NanReport]:
     """Images ``lo:hi`` of ``src`` cleaned like ``load_dataset`` (``(hi - lo, C, H, W)``),
-    normalised with ``stats`` when given (``zscore-dataset``).
+    normalised with ``stats`` when given (``zscore-dataset``), and what the NaN policy touched.
 
     Raises:
         DataError: as :func:`~deeplense_ssl.datasets.iter_clean_blocks`, or an image dropped
@@ -395,7 +400,7 @@ def _clean_range(
             src.path,
             dropped[0],
         )
-    return block.images
+    return block.images, block.nan_report
 
 
 def _file_id(path: Path) -> tuple[int, int]:
@@ -413,6 +418,55 @@ def _runs(sorted_rows: np.ndarray, gap: int) -> list[tuple[int, int]]:
     return [
         (int(sorted_rows[a]), int(sorted_rows[b]) + 1) for a, b in zip(starts, stops, strict=True)
     ]
+
+
+def open_stream(
+    spec: str, data_mode: str, max_memory_gb: float | None, options: CleanOptions, command: str
+) -> tuple[ShardSet | None, int | None]:
+    """The opened shards of ``spec`` when they are to be streamed, else None; and the budget.
+
+    Streamed: ``data_mode="stream"``, or ``auto`` when ``spec`` names several files or the
+    cleaned float32 set is larger than :func:`memory_budget_bytes` (``max_memory_gb``).
+
+    Args:
+        spec: ``--data`` (:func:`shard_paths`); data_mode: one of :data:`DATA_MODES`;
+        max_memory_gb: the budget in GiB (None: the default); options: the cleaning options;
+        command: the command named in errors (``evaluate``, ``finetune``).
+
+    Returns:
+        ``(shards or None, budget in bytes or None)``.
+
+    Raises:
+        ConfigError: several files with ``data_mode="in-memory"``, or ``nan_policy="drop"``
+            when streaming.
+        DataError: a missing, unreadable, truncated or mismatched shard (named).
+    """
+    several = len(shard_paths(spec)) > 1
+    if data_mode == "in-memory":
+        if several:
+            raise ConfigError(
+                f"--data {spec} names several files; {command} them with --data-mode stream "
+                "(or auto)."
+            )
+        return None, None
+    budget = memory_budget_bytes(max_memory_gb)
+    shards = ShardSet(spec, options)
+    try:
+        nbytes = len(shards) * shards.image_bytes
+        mode = "stream" if several else choose_data_mode(data_mode, nbytes, budget)
+        if mode == "in-memory":
+            shards.close()
+            return None, budget
+        if options.nan_policy == "drop":
+            raise ConfigError(
+                "nan_policy='drop' changes the number of images, which streaming needs to know "
+                "up front: convert the data with --nan-policy drop first (deeplense-ssl "
+                "convert), or use --nan-policy zero/median/interpolate, or --data-mode in-memory."
+            )
+        return shards, budget
+    except BaseException:
+        shards.close()
+        raise
 
 
 class StreamingData:
@@ -493,6 +547,115 @@ class StreamingData:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class RowImages:
+    """Images of some rows of a larger set, indexed by their rows in the whole set.
+
+    ``images[rows]`` returns what indexing the whole loaded set would, for rows among those
+    held; ``shape`` is that of the whole set.
+
+    Args:
+        rows: the held rows, ascending and unique; images: ``(len(rows), C, H, W)``;
+        n: the size of the whole set.
+    """
+
+    def __init__(self, rows: np.ndarray, images: np.ndarray, n: int) -> None:
+        self.rows, self.images, self.n = np.asarray(rows, dtype=np.int64), images, n
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n, *self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.rows, rows), max(0, len(self.rows) - 1))
+        if len(self.rows) == 0 or not np.array_equal(self.rows[pos], rows):
+            raise IndexError("some requested rows were not read from the shards.")
+        return self.images[pos]
+
+
+class StreamedPool:
+    """A labelled set streamed from shards, of which a run loads only the rows it uses.
+
+    What fine-tuning reads of a set too large to load (``finetune --data-mode stream``): the
+    labels of every image (small), the ``zscore-dataset`` statistics of chosen rows in one
+    streamed pass (:meth:`fit_normalization`), and the images of its label budget
+    (:meth:`load_rows`), which must fit in the memory budget.
+
+    Args:
+        shards: the opened shards (closed by :meth:`close`); budget: memory budget in bytes
+            (None: unknown).
+
+    Attributes:
+        labels, class_names, shape ``(N, C, H, W)``; normalization_pending: ``zscore-dataset``
+        statistics still to fit; meta: ``{"norm_stats": ...}`` once fit; nan_report: what the
+        NaN policy touched in the rows loaded (None before :meth:`load_rows`).
+    """
+
+    def __init__(self, shards: ShardSet, budget: int | None) -> None:
+        self.shards, self.budget = shards, budget
+        self.labels, self.class_names = shards.labels, shards.class_names
+        self.shape = (len(shards), *shards.image_shape)
+        self.normalization_pending = shards.options.normalize == "zscore-dataset"
+        self.meta: dict[str, Any] = {}
+        self.nan_report: NanReport | None = None
+
+    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Cleaned images of ``rows`` (:meth:`ShardSet.read`)."""
+        return self.shards.read(rows)
+
+    def fit_normalization(self, rows: np.ndarray) -> NormStats:
+        """Fit ``zscore-dataset`` statistics on images ``rows`` and apply them to every later
+        read (:func:`channel_stats` over :func:`row_blocks`)."""
+        stats = channel_stats(row_blocks(self.read, rows, self.shape[1:]))
+        self.shards.stats, self.normalization_pending = stats, False
+        self.meta["norm_stats"] = stats.to_dict()
+        return stats
+
+    def load_rows(self, rows: np.ndarray, progress: bool = False) -> RowImages:
+        """The cleaned images of ``rows`` (ascending), held in memory; :attr:`nan_report`
+        counts these images exactly (no gap between them is read).
+
+        Raises:
+            DataError: they would take more than the memory budget.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        nbytes = len(rows) * self.shards.image_bytes
+        if self.budget is not None and nbytes > self.budget:
+            raise DataError(
+                f"the {len(rows)} labelled images this run uses take {nbytes / 2**20:.4g} MiB, "
+                f"more than the memory budget of {self.budget / 2**20:.4g} MiB; lower "
+                "--label-fraction or raise --max-memory-gb (streaming keeps the images of "
+                "the label budget in memory, never the rest of the set).",
+                self.shards.spec,
+            )
+        self.shards.nan_report = NanReport(policy=self.shards.options.nan_policy)
+        block = stats_block_images(self.shape[1:])
+        images = np.empty((len(rows), *self.shape[1:]), np.float32)
+        for lo in tqdm(range(0, len(rows), block), desc="labelled images", disable=not progress):
+            images[lo : lo + block] = self.shards.read(rows[lo : lo + block], gap=0)
+        self.nan_report = self.shards.nan_report
+        return RowImages(rows, images, len(self.shards))
+
+    def close(self) -> None:
+        """Close every shard."""
+        self.shards.close()
+
+
+def row_blocks(
+    read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, image_shape: Sequence[int]
+) -> Iterator[np.ndarray]:
+    """``read(rows[k B:(k + 1) B])`` for :func:`stats_block_images` ``B``: the blocks of a
+    ``zscore-dataset`` fit on chosen rows, the same whether ``read`` loads from memory or
+    from shards (so both give bitwise the same :func:`channel_stats`)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    block = stats_block_images(image_shape)
+    for lo in range(0, len(rows), block):
+        yield read(rows[lo : lo + block])
 
 
 def _check_pair(first: ShardSet, other: ShardSet) -> None:
