@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers_crash import Crash, crash_at
+from helpers_crash import Crash, crash_at, kill_and_resume
 
 from deeplense_ssl import streaming, training
 from deeplense_ssl.checkpoint import load_checkpoint, save_checkpoint
@@ -483,7 +483,6 @@ def test_cli_streams_a_glob_of_shards_and_names_a_bad_shard_in_one_line(tmp_path
 # SIGKILL and two processes (slow)
 # --------------------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
 
 _KILL_SCRIPT = """
 import json, sys, time
@@ -501,37 +500,12 @@ training.pretrain(cfg, progress=False, on_step=lambda s, r: time.sleep(pause))
 
 @pytest.mark.slow
 def test_streaming_resume_after_sigkill_is_bitwise(tmp_path, small_chunks):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     _shards(tmp_path / "s", _images(), _labels())
     kw = dict(data=str(tmp_path / "s" / "*.h5"), data_mode="stream", checkpoint_every_steps=1)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-
-    def fresh(cfg, pause: str):  # every part in a fresh interpreter, as a user's runs are
-        args = [sys.executable, "-c", _KILL_SCRIPT, json.dumps(vars(cfg)), pause]
-        return subprocess.Popen(args, env=env)
-
-    ref = tmp_path / "ref"
-    assert fresh(_cfg(ref, **kw), "0").wait(timeout=300) == 0
-    killed = tmp_path / "killed"
-    proc = fresh(_cfg(killed, **kw), "0.4")
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            ckpt = killed / CHECKPOINT_FILE
-            if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 5:  # mid-epoch 0, window 2
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the training subprocess ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert 5 <= load_checkpoint(killed / CHECKPOINT_FILE)["step"] < 24
-    assert fresh(_cfg(killed, resume=True, **kw), "0").wait(timeout=300) == 0
+    ref, killed, step = kill_and_resume(
+        _KILL_SCRIPT, lambda out, **more: _cfg(out, **kw, **more), tmp_path, 5
+    )
+    assert 5 <= step < 24  # mid-epoch 0, window 2 or later
     _assert_same_weights(ref, killed)
 
 

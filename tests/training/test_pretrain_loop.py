@@ -2,18 +2,13 @@
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers_crash import Crash, crash_at
+from helpers_crash import Crash, crash_at, kill_and_resume
 from torch import nn
 
 from deeplense_ssl import training
@@ -27,8 +22,6 @@ from deeplense_ssl.methods.base import chunked
 from deeplense_ssl.runs import CHECKPOINT_FILE, read_metrics
 from deeplense_ssl.training import loop as train_loop
 from deeplense_ssl.training.data import epoch_permutation
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _images(n: int = 12, chans: int = 1, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -217,31 +210,10 @@ _KILL_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("method", ["simclr", "byol", "dino"])  # plain, EMA target, EMA + centre
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path, method):
     kw = dict(epochs=2, batch_size=2, checkpoint_every_steps=1, lr=0.05, method=method)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-
-    def fresh(cfg, pause: str):  # every part in a fresh interpreter, as a user's runs are
-        args = [sys.executable, "-c", _KILL_SCRIPT, json.dumps(vars(cfg)), pause]
-        return subprocess.Popen(args, env=env)
-
-    ref = tmp_path / "ref"
-    assert fresh(_cfg(ref, **kw), "0").wait(timeout=300) == 0
-    killed = tmp_path / "killed"
-    proc = fresh(_cfg(killed, **kw), "0.4")
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            ckpt = killed / CHECKPOINT_FILE
-            if ckpt.exists() and load_checkpoint(ckpt)["step"] >= 3:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the training subprocess ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    step_at_kill = load_checkpoint(killed / CHECKPOINT_FILE)["step"]
-    assert 3 <= step_at_kill < 12
-    assert fresh(_cfg(killed, resume=True, **kw), "0").wait(timeout=300) == 0
+    ref, killed, step = kill_and_resume(
+        _KILL_SCRIPT, lambda out, **more: _cfg(out, **kw, **more), tmp_path, 3
+    )
+    assert 3 <= step < 12
     _assert_bitwise_equal(_weights(ref), _weights(killed))
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
 
