@@ -988,6 +988,26 @@ def _track(
         tracker.log_metrics(int(history[-1]["step"]), final_metrics([val_metrics]))
 
 
+def _prepare(
+    cfg: FinetuneConfig, dataset: Any, progress: bool
+) -> tuple[nn.Module, dict, FinetuneData]:
+    """The backbone, where it comes from, and the run's data, loaded, checked and split.
+
+    A pretrained backbone is built before the data are read, a baseline's after (it needs
+    their channels); a streamed set is closed once the run's images are in memory.
+    """
+    backbone, info = _resolve_backbone(cfg, None) if cfg.checkpoint else (None, {})
+    dataset, normalize, image_size = _load_data(cfg, dataset, info, progress)
+    try:
+        if backbone is None:
+            backbone, info = _resolve_backbone(cfg, int(_pool_shape(dataset)[1]))
+        _check_data(cfg, dataset, info, image_size)
+        return backbone, info, _split(cfg, dataset, normalize, image_size, progress)
+    finally:
+        if isinstance(dataset, StreamedPool):
+            dataset.close()
+
+
 def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) -> Path:
     """Train a classifier on a (pretrained) backbone with a fraction of the labels.
 
@@ -1017,17 +1037,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
     device = resolve_device(cfg.device)
     generator = seed_everything(cfg.seed)
     # the order of the random draws (backbone init, splits, head init) is part of the contract
-    backbone, info = _resolve_backbone(cfg, None) if cfg.checkpoint else (None, {})
-    dataset, normalize, image_size = _load_data(cfg, dataset, info, progress)
-    try:
-        if backbone is None:
-            backbone, info = _resolve_backbone(cfg, int(_pool_shape(dataset)[1]))
-        _check_data(cfg, dataset, info, image_size)
-        data = _split(cfg, dataset, normalize, image_size, progress)
-    finally:
-        if isinstance(dataset, StreamedPool):
-            dataset.close()  # the run's images are in memory now
-
+    backbone, info, data = _prepare(cfg, dataset, progress)
     mode = "end_to_end" if cfg.init == "scratch" or cfg.head == "full" else "probe"
     head_kind = "mlp" if cfg.head == "mlp" else "linear"
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[mode]
@@ -1051,8 +1061,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         "mode": mode,
         "lr": lr,
         "backbone_lr": backbone_lr if mode == "end_to_end" else None,
-        "normalize": normalize,
-        "image_size": image_size,
+        "normalize": data.normalize,
+        "image_size": data.image_size,
         "device": str(device),
         **_budget_record(cfg, data, history),
     }
