@@ -44,6 +44,9 @@ CENTER_MOMENTUM = 0.9
 class DINOHead(nn.Module):
     """DINO projection head: MLP -> L2-normalised bottleneck -> weight-normalised linear.
 
+    Initialised as in the paper's code: the MLP's weights from a normal distribution with std
+    0.02 (truncated at +-2), zero biases; the last layer PyTorch's default, gain fixed to 1.
+
     Args:
         in_dim: backbone feature width.
         hidden_dim: hidden width of the 3-layer MLP (paper 2048).
@@ -63,6 +66,10 @@ class DINOHead(nn.Module):
             nn.GELU(),
             nn.Linear(hidden_dim, bottleneck_dim),
         )
+        for layer in self.mlp:  # the paper's init: N(0, 0.02) weights, zero biases
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
         self.last = nn.utils.parametrizations.weight_norm(
             nn.Linear(bottleneck_dim, out_dim, bias=False)
         )
