@@ -138,7 +138,8 @@ def _method_help() -> str:
     C,
     "prefetch",
     help="Batches prepared ahead in a background thread while a step runs (0: off; the same "
-    "batches either way).",
+    "batches either way). Default: 2 on a GPU, 0 on the CPU (where the thread competes with "
+    "the step for the cores).",
 )
 @data_mode_options(C, "read --data in chunks, never whole", several_stream=False)
 @tracking_options(C)

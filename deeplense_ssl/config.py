@@ -367,8 +367,9 @@ class PretrainConfig(DataOptions):
     # metrics.jsonl line + NaN/inf check every N steps and at checkpoints
     log_every_steps: int = _field(10, gt=0)
     sync_batchnorm: bool = True  # multi-GPU DDP: SyncBatchNorm (statistics over the global batch)
-    # batches made ahead by a background thread while the step runs (0: off; same batches)
-    prefetch: int = _field(2, ge=0)
+    # batches made ahead by a background thread while the step runs (0: off; same batches);
+    # None: 2 on a CUDA device, 0 on the CPU (where the thread only slows the step down)
+    prefetch: int | None = _field(None, ge=0)
     # stream: read --data (one file, a comma-separated list or a glob of shards) in chunks;
     # in-memory: load it; auto: stream when the cleaned set exceeds max_memory_gb
     data_mode: str = _field("auto", choices=DATA_MODES)

@@ -415,12 +415,13 @@ def _end_to_end_epoch(
     augment: bool,
     generator: torch.Generator,
     device: torch.device | str,
-    prefetch: int = 2,
+    prefetch: int | None = None,
 ) -> tuple[float, int, int]:
     """One pass of backbone + head over the shuffled images; returns (loss sum, correct, seen).
 
     The batches (index gather and copy to ``device``) are made ``prefetch`` batches ahead by
-    a background thread (:class:`~deeplense_ssl.training.data.Prefetcher`; 0: inline); they
+    a background thread (:class:`~deeplense_ssl.training.data.Prefetcher`; 0: inline; None:
+    :func:`~deeplense_ssl.training.data.prefetch_depth`, i.e. only on CUDA); they
     depend only on ``perm``, and the augmentation draws from ``generator`` here, in order, so
     the weights are the same with or without it.
     """
@@ -468,7 +469,7 @@ def train_end_to_end(
     device: torch.device | str = "cpu",
     progress: bool = False,
     min_steps: int = 0,
-    prefetch: int = 2,
+    prefetch: int | None = None,
 ) -> tuple[list[dict], dict]:
     """Train backbone and head together (full fine-tune or supervised from scratch).
 
@@ -482,7 +483,8 @@ def train_end_to_end(
         augment: random dihedral transform of every training batch.
         generator: seeded CPU generator (shuffling, augmentation).
         min_steps: train at least this many optimiser steps (:func:`budget_epochs`).
-        prefetch: batches made ahead by a background thread (0: inline; the same weights).
+        prefetch: batches made ahead by a background thread (0: inline; None: only on CUDA;
+            the same weights either way).
 
     Returns:
         ``(history, best)`` as :func:`train_probe`.

@@ -8,12 +8,18 @@ import pytest
 import torch
 from helpers_crash import Crash, crash_at
 
+import deeplense_ssl.training.data as data_module
 from deeplense_ssl import training
 from deeplense_ssl.checkpoint import load_checkpoint, save_checkpoint
 from deeplense_ssl.config import PretrainConfig
 from deeplense_ssl.errors import DataError
 from deeplense_ssl.runs import CHECKPOINT_FILE
-from deeplense_ssl.training.data import MemoryBatches, Prefetcher, epoch_permutation
+from deeplense_ssl.training.data import (
+    MemoryBatches,
+    Prefetcher,
+    epoch_permutation,
+    prefetch_depth,
+)
 from deeplense_ssl.training.resume import config_diff
 
 
@@ -91,6 +97,27 @@ def test_close_while_the_producer_waits_on_a_full_queue_joins_it():
     time.sleep(0.2)  # the producer fills the queue and blocks
     feed.close()
     assert not _producers()
+
+
+def test_the_default_depth_prefetches_on_cuda_only_and_an_explicit_depth_wins():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert (prefetch_depth(None, cpu), prefetch_depth(None, None)) == (0, 0)
+    assert prefetch_depth(None, cuda) == data_module.CUDA_PREFETCH > 0
+    assert (prefetch_depth(3, cpu), prefetch_depth(0, cuda)) == (3, 0)
+
+
+def test_a_default_cpu_pretraining_starts_no_producer_thread(tmp_path, monkeypatch):
+    depths = []
+    real = Prefetcher.__init__
+
+    def spy(self, make, keys, depth, device=None):
+        depths.append(prefetch_depth(depth, device))
+        real(self, make, keys, depth, device)
+
+    monkeypatch.setattr(Prefetcher, "__init__", spy)
+    assert PretrainConfig().prefetch is None
+    training.pretrain(_cfg(tmp_path / "run", epochs=1), progress=False, dataset=_images())
+    assert depths == [0]
 
 
 def test_prefetch_on_and_off_give_bitwise_the_same_weights(tmp_path):
