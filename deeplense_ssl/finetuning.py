@@ -121,7 +121,7 @@ class FinetuneData:
         image_size: the crop/resize size, or None (native size).
         norm_stats: ``zscore-dataset`` statistics (fit on ``train_pool``) or the dataset's
             stored statistics, else None.
-        nan_report: the NaN policy report of the loaded data.
+        nan_report: the NaN policy report of the loaded data (streamed: of the rows loaded).
     """
 
     images: np.ndarray | RowImages
