@@ -531,9 +531,7 @@ class StreamingData:
         first = self.sets[0]
         saved, first.stats = first.stats, None
         try:
-            block = stats_block_images(first.image_shape)
-            for lo in range(0, len(first), block):
-                yield first.read(np.arange(lo, min(lo + block, len(first))))
+            yield from row_blocks(first.read, np.arange(len(first)), first.image_shape)
         finally:
             first.stats = saved
 
@@ -592,8 +590,8 @@ class StreamedPool:
 
     Attributes:
         labels, class_names, shape ``(N, C, H, W)``; normalization_pending: ``zscore-dataset``
-        statistics still to fit; meta: ``{"norm_stats": ...}`` once fit; nan_report: what the
-        NaN policy touched in the rows loaded (None before :meth:`load_rows`).
+        statistics still to fit; nan_report: what the NaN policy touched in the rows loaded
+        (None before :meth:`load_rows`).
     """
 
     def __init__(self, shards: ShardSet, budget: int | None) -> None:
@@ -601,19 +599,13 @@ class StreamedPool:
         self.labels, self.class_names = shards.labels, shards.class_names
         self.shape = (len(shards), *shards.image_shape)
         self.normalization_pending = shards.options.normalize == "zscore-dataset"
-        self.meta: dict[str, Any] = {}
         self.nan_report: NanReport | None = None
-
-    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Cleaned images of ``rows`` (:meth:`ShardSet.read`)."""
-        return self.shards.read(rows)
 
     def fit_normalization(self, rows: np.ndarray) -> NormStats:
         """Fit ``zscore-dataset`` statistics on images ``rows`` and apply them to every later
         read (:func:`channel_stats` over :func:`row_blocks`)."""
-        stats = channel_stats(row_blocks(self.read, rows, self.shape[1:]))
+        stats = channel_stats(row_blocks(self.shards.read, rows, self.shape[1:]))
         self.shards.stats, self.normalization_pending = stats, False
-        self.meta["norm_stats"] = stats.to_dict()
         return stats
 
     def load_rows(self, rows: np.ndarray, progress: bool = False) -> RowImages:
