@@ -449,6 +449,36 @@ def _example_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarra
 # --------------------------------------------------------------------------------------------
 
 
+def _describe(
+    cfg: EvaluateConfig,
+    run_dir: Path,
+    test: TestSet,
+    labels: np.ndarray,
+    class_names: list[str],
+    preprocessing: tuple[str, int | None],
+) -> dict[str, Any]:
+    """The head of ``metrics.json``: what was evaluated, on what, prepared how.
+
+    Args:
+        labels: (M,) class indices of the in-distribution test images;
+        preprocessing: ``(normalize, image_size)`` applied to the test images.
+    """
+    normalize, image_size = preprocessing
+    return {
+        "kind": EVALUATE_KIND,
+        "deeplense_ssl_version": __version__,
+        "finetune_run": str(run_dir.resolve()),
+        "data": str(cfg.data),
+        "class_names": class_names,
+        "n_images": int(len(labels)),
+        "class_counts": {n: int((labels == k).sum()) for k, n in enumerate(class_names)},
+        "normalize": normalize,
+        "image_size": image_size,
+        "input_hw": list(test.shape[2:]),
+        "nan_report": to_jsonable(test.nan_report),
+    }
+
+
 def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate a fine-tuned run on a test set and write ``metrics.json`` + ``scores.npz``.
 
@@ -503,20 +533,8 @@ def evaluate(cfg: EvaluateConfig, dataset: Any = None, progress: bool = True) ->
         keep = ~is_ood
         probs, emb, labels = probs_all[keep], emb_all[keep], labels_all[keep]
         sources_all = test.sources
-        metrics: dict[str, Any] = {
-            "kind": EVALUATE_KIND,
-            "deeplense_ssl_version": __version__,
-            "finetune_run": str(run_dir.resolve()),
-            "data": str(cfg.data),
-            "class_names": class_names,
-            "n_images": int(len(labels)),
-            "class_counts": {n: int((labels == k).sum()) for k, n in enumerate(class_names)},
-            "normalize": normalize,
-            "image_size": image_size,
-            "input_hw": list(test.shape[2:]),
-            "nan_report": to_jsonable(test.nan_report),
-            "warnings": _data_warnings(run_dir, test.data_files, sources_all[keep]),
-        }
+        metrics = _describe(cfg, run_dir, test, labels, class_names, (normalize, image_size))
+        metrics["warnings"] = _data_warnings(run_dir, test.data_files, sources_all[keep])
         metrics.update(_score_metrics(cfg, labels, probs, class_names))
         metrics["knn"] = _knn_metrics(cfg, run_dir, emb, labels, len(class_names))
         metrics["ood"] = _ood_metrics(test, probs, probs_all[is_ood], is_ood)

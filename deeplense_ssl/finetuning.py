@@ -451,6 +451,18 @@ def _end_to_end_epoch(
     return total, correct, seen
 
 
+def _two_rate_adamw(
+    model: ClassifierModel, lr: float, backbone_lr: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """:func:`_cosine_adamw` over the backbone (``backbone_lr``, group 0) and the head (``lr``,
+    group 1)."""
+    groups = [
+        {"params": model.backbone.parameters(), "lr": backbone_lr},
+        {"params": model.head.parameters(), "lr": lr},
+    ]
+    return _cosine_adamw(groups, weight_decay, total_steps)
+
+
 def train_end_to_end(
     model: ClassifierModel,
     train_images: torch.Tensor,
@@ -493,11 +505,7 @@ def train_end_to_end(
     per_epoch = steps_per_epoch(len(train_images), batch_size, skip_single=True)
     epochs = budget_epochs(epochs, per_epoch, min_steps)
     model.to(device)
-    groups = [
-        {"params": model.backbone.parameters(), "lr": backbone_lr},
-        {"params": model.head.parameters(), "lr": lr},
-    ]
-    opt, sched = _cosine_adamw(groups, weight_decay, epochs * per_epoch)
+    opt, sched = _two_rate_adamw(model, lr, backbone_lr, weight_decay, epochs * per_epoch)
     history: list[dict] = []
     best: dict | None = None
     best_state: dict | None = None
