@@ -84,8 +84,8 @@ def _rng_payload() -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckrun") / "run"
+def finished_run(module_tmp):
+    out = module_tmp("ckrun") / "run"
     images = np.random.default_rng(0).random((8, 2, 16, 16), dtype=np.float32)
     cfg = PretrainConfig(
         out=str(out),

@@ -20,8 +20,8 @@ def run_cli(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
+def files(module_tmp):
+    root = module_tmp("cli")
     write_toy_h5(root / "train.h5", n_per_class=16, seed=0)
     write_toy_h5(root / "test.h5", n_per_class=6, seed=1)
     fake_pretrain_run(root / "pretrain")

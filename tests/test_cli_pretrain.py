@@ -10,8 +10,8 @@ from deeplense_ssl_cli.main import main
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clidata") / "d.h5"
+def data(module_tmp):
+    path = module_tmp("clidata") / "d.h5"
     rng = np.random.default_rng(0)
     images = rng.random((8, 1, 16, 16), dtype=np.float32)
     write_hdf5(path, images, np.arange(8) % 2, ["no_sub", "cdm"])

@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """A 1-band 16 px run, a labelled HDF5 (30 images) and an unlabelled .npy stack (5)."""
-    root = tmp_path_factory.mktemp("embed")
+    root = module_tmp("embed")
     fake_pretrain_run(root / "run")
     write_toy_h5(root / "toy.h5", n_per_class=10, seed=0)
     extra, _ = toy_images(5, size=16, seed=3, n_classes=1)

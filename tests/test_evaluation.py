@@ -19,8 +19,8 @@ from deeplense_ssl.metrics import knn_predict
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
+def evaluated(module_tmp):
+    root = module_tmp("eval")
     run, metrics = finetune_and_evaluate(root, n_bootstrap=30)
     return root, run, metrics
 

@@ -30,8 +30,8 @@ def _evaluate(run, data, out, **options):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir, _ = finetune_and_evaluate(tmp_path_factory.mktemp("loc"), n_bootstrap=0)
+def run(module_tmp):
+    run_dir, _ = finetune_and_evaluate(module_tmp("loc"), n_bootstrap=0)
     return run_dir
 
 

@@ -26,8 +26,8 @@ MODE_KEYS = {"config", "metrics_file", "scores_file", "examples_file", "streamin
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream")
+def run(module_tmp):
+    root = module_tmp("stream")
     run_dir, _ = finetune_and_evaluate(root, n_bootstrap=0)
     return run_dir
 
@@ -74,8 +74,8 @@ def _assert_same_files(a, b):
 
 
 @pytest.fixture(scope="module")
-def in_memory(run, tmp_path_factory):
-    root = tmp_path_factory.mktemp("mem")
+def in_memory(run, module_tmp):
+    root = module_tmp("mem")
     data = _sim_file(root / "sim.h5")
     m = _evaluate(run, data, root / "m.json", data_mode="in-memory")
     return data, root / "m.json", m

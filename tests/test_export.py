@@ -97,10 +97,10 @@ def _finetune(data: Path, checkpoint: Path, out: Path, head: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(module_tmp) -> dict[str, Path]:
     """A real 1-step pretrain (cifar stem, 2 bands) and an evaluated MLP finetune on it; a fake
     finished pretrain (imagenet stem, 3 bands) and a linear finetune on it."""
-    root = tmp_path_factory.mktemp("runs")
+    root = module_tmp("runs")
     write_toy_h5(root / "d2.h5", n_per_class=6, chans=2)
     write_toy_h5(root / "t2.h5", n_per_class=4, chans=2, seed=1)
     write_toy_h5(root / "d3.h5", n_per_class=4, chans=3)
@@ -126,9 +126,9 @@ def our_outputs(run: Path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def exported(runs, tmp_path_factory):
+def exported(runs, module_tmp):
     """Every case exported, then loaded by its card's snippet in one subprocess."""
-    out = tmp_path_factory.mktemp("exports")
+    out = module_tmp("exports")
     rng = np.random.default_rng(0)
     cases, files, expected = [], {}, {}
     for run, fmts in CASES.items():

@@ -20,8 +20,8 @@ from deeplense_ssl.runs import MODEL_FILE
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
+def toy(module_tmp):
+    root = module_tmp("ft")
     write_toy_h5(root / "train.h5", n_per_class=20, seed=0)
     fake_pretrain_run(root / "pretrain")
     return root

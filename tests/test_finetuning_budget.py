@@ -24,8 +24,8 @@ from deeplense_ssl.heads import LinearHead
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("budget")
+def toy(module_tmp):
+    root = module_tmp("budget")
     write_toy_h5(root / "train.h5", n_per_class=20, seed=0)
     fake_pretrain_run(root / "pretrain")
     return root

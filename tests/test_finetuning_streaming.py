@@ -26,9 +26,9 @@ FRACTION, VAL_FRACTION, MIN_VAL = 0.5, 0.3, 2
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """One file, the same rows as two shards, and a fake pretrain run."""
-    root = tmp_path_factory.mktemp("ft_stream")
+    root = module_tmp("ft_stream")
     images, labels = toy_images(20, seed=0)
     sources = [f"toy[{i}]" for i in range(len(labels))]
     write_hdf5(root / "all.h5", images, labels, NAMES, sources=sources)

@@ -52,9 +52,9 @@ def _hidden_siblings(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(module_tmp):
     """Toy data, a fake pretrain run and one finetune run evaluated into its folder."""
-    root = tmp_path_factory.mktemp("hostile_runs")
+    root = module_tmp("hostile_runs")
     run, _ = finetune_and_evaluate(root, epochs=1, n_bootstrap=5, name="ft")
     return root, run
 

@@ -93,8 +93,8 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("losses_distributed")
+def ranks(module_tmp) -> list[dict]:
+    tmp = module_tmp("losses_distributed")
     torch.multiprocessing.start_processes(
         _worker,
         args=(str(tmp / "init"), str(tmp)),

@@ -14,8 +14,8 @@ from deeplense_ssl.report import build_report
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rep")
+def two_runs(module_tmp):
+    root = module_tmp("rep")
     a, ma = finetune_and_evaluate(root, label_fraction=0.5, epochs=1, n_bootstrap=20)
     b, mb = finetune_and_evaluate(root, label_fraction=1.0, epochs=1, n_bootstrap=20)
     return root, [(a, ma), (b, mb)]

@@ -133,9 +133,9 @@ def test_an_odd_vector_scores_highest():
 
 
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory):
+def indexed(module_tmp):
     """A run, 30 labelled toy images, their index; a second run of another stem and its index."""
-    root = tmp_path_factory.mktemp("search")
+    root = module_tmp("search")
     fake_pretrain_run(root / "run")
     fake_pretrain_run(root / "other", stem="imagenet", seed=1)
     write_toy_h5(root / "toy.h5", n_per_class=10, seed=0)
