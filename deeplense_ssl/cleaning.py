@@ -24,6 +24,7 @@ Order of operations (``datasets.load_dataset`` and ``convert`` follow it):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -411,33 +412,89 @@ def fit_size(
 # ----------------------------------------------------------------------------- normalisation
 
 
-def fit_normalization(images: np.ndarray) -> NormStats:
+STATS_BLOCK_BYTES = 64 * 2**20
+"""Bytes of float64 pixels one block of the statistics pass holds (:func:`stats_block_images`)."""
+
+
+def stats_block_images(image_shape: Sequence[int]) -> int:
+    """Images per block of the statistics pass: :data:`STATS_BLOCK_BYTES` of float64 pixels
+    (at least one image). Both data paths use it, so they sum the same blocks."""
+    return max(1, STATS_BLOCK_BYTES // (8 * math.prod(image_shape)))
+
+
+def channel_stats(blocks: Iterable[np.ndarray]) -> NormStats:
+    """Per-channel mean and std (population) of images given block by block, in one pass.
+
+    Each block's mean and sum of squared deviations are computed in float64 and merged with
+    the pairwise update of Chan, Golub & LeVeque (1979), so the result equals the two-pass
+    mean and std to float64 rounding (no cancellation of a sum of squares). The same blocks
+    give bitwise the same result: every ``zscore-dataset`` fit (in memory, streamed, pretrain,
+    fine-tune) goes through here.
+
+    Args:
+        blocks: ``(M, C, H, W)`` finite images per block (``M`` may be 0).
+
+    Returns:
+        :class:`~deeplense_ssl.cleaning.NormStats` (the std of a constant channel is 1).
+
+    Raises:
+        DataError: no image at all.
+    """
+    n, images = 0, 0
+    mean = m2 = np.zeros(0)
+    for block in blocks:
+        b = np.asarray(block, dtype=np.float64)
+        if len(b) == 0:
+            continue
+        count = b.shape[0] * b.shape[2] * b.shape[3]
+        b_mean = b.mean(axis=(0, 2, 3))
+        b_m2 = np.square(b - b_mean[None, :, None, None]).sum(axis=(0, 2, 3))
+        if n == 0:
+            mean, m2 = b_mean, b_m2
+        else:
+            delta, total = b_mean - mean, n + count
+            mean = mean + delta * (count / total)
+            m2 = m2 + b_m2 + np.square(delta) * (n * count / total)
+        n, images = n + count, images + len(b)
+    if n == 0:
+        raise DataError("zscore-dataset statistics need at least one image; the set is empty.")
+    std = np.sqrt(m2 / n)
+    std[std == 0] = 1.0
+    return NormStats(mean, std, images)
+
+
+def row_blocks(
+    read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, image_shape: Sequence[int]
+) -> Iterator[np.ndarray]:
+    """``read(rows[k B:(k + 1) B])`` for :func:`stats_block_images` ``B``: the blocks of a
+    ``zscore-dataset`` fit on chosen rows, the same whether ``read`` loads from memory or
+    from shards (so both give bitwise the same :func:`channel_stats`)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    block = stats_block_images(image_shape)
+    for lo in range(0, len(rows), block):
+        yield read(rows[lo : lo + block])
+
+
+def fit_normalization(images: np.ndarray, rows: np.ndarray | None = None) -> NormStats:
     """Per-channel mean and std of (training) images, for ``zscore-dataset``.
 
     Args:
-        images: (N, C, H, W) finite; pass only the training split (``images[train_idx]``).
+        images: (N, C, H, W) finite.
+        rows: the training rows to fit on (``None``: every image); never validation or test.
 
     Returns:
-        :class:`NormStats` computed in float64 (std of a constant channel is set to 1).
+        :class:`NormStats` in float64 (std of a constant channel is set to 1): the
+        :func:`channel_stats` of :func:`row_blocks`, so bitwise what a streamed fit of the same
+        rows gives.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or len(images) == 0:
-        raise DataError(f"fit_normalization needs (N, C, H, W) with N > 0, got {images.shape}.")
-    c = images.shape[1]
-    total = np.zeros(c)
-    total_sq = np.zeros(c)
-    n_pix = 0
-    for start in range(0, len(images), 4096):  # bounded memory for large sets
-        block = images[start : start + 4096].astype(np.float64)
-        total += block.sum(axis=(0, 2, 3))
-        n_pix += block.shape[0] * block.shape[2] * block.shape[3]
-    mean = total / n_pix
-    for start in range(0, len(images), 4096):
-        block = images[start : start + 4096].astype(np.float64)
-        total_sq += ((block - mean[None, :, None, None]) ** 2).sum(axis=(0, 2, 3))
-    std = np.sqrt(total_sq / n_pix)
-    std[std == 0] = 1.0
-    return NormStats(mean, std, len(images))
+    shape = tuple(np.shape(images))
+    rows = np.arange(shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    if len(shape) != 4 or len(rows) == 0:
+        raise DataError(
+            f"fit_normalization needs (N, C, H, W) images and at least one row, got {shape} "
+            f"and {len(rows)} row(s)."
+        )
+    return channel_stats(row_blocks(lambda r: images[r], rows, shape[1:]))
 
 
 def normalize_images(

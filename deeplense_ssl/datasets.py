@@ -109,7 +109,7 @@ class ImageSet:
                 "fit_normalization applies only to data loaded with normalize='zscore-dataset' "
                 "and not yet normalised."
             )
-        stats = fit_normalization(self.images[np.asarray(train_indices)])
+        stats = fit_normalization(self.images, np.asarray(train_indices))
         self.apply_normalization(stats)
         return stats
 

@@ -89,9 +89,7 @@ from .streaming import (
     CleanOptions,
     RowImages,
     StreamedPool,
-    channel_stats,
     open_stream,
-    row_blocks,
 )
 from .tracking import final_metrics, open_tracker, require_tracker
 from .training.data import Prefetcher, fetch
@@ -610,19 +608,6 @@ def _pool_shape(dataset: Any) -> tuple[int, ...]:
     return tuple(np.shape(dataset.images))
 
 
-def _fit_zscore(dataset: Any, rows: np.ndarray) -> dict:
-    """``zscore-dataset`` statistics of images ``rows`` (no labels used), applied to the set.
-
-    Both data paths sum the same blocks (:func:`~deeplense_ssl.streaming.row_blocks`), so a
-    streamed run gets bitwise the statistics of the loaded one.
-    """
-    if isinstance(dataset, StreamedPool):
-        return dataset.fit_normalization(rows).to_dict()
-    stats = channel_stats(row_blocks(lambda r: dataset.images[r], rows, _pool_shape(dataset)[1:]))
-    dataset.apply_normalization(stats)
-    return stats.to_dict()
-
-
 def _split(
     cfg: FinetuneConfig, dataset: Any, normalize: str, image_size: int | None, progress: bool
 ) -> FinetuneData:
@@ -641,8 +626,9 @@ def _split(
         # labels used), stored with the model. Also with --checkpoint of a zscore-dataset
         # pretrain run (whose resolved["norm_stats"] were fit on its own pretraining set):
         # the fine-tuning data are standardised by their own statistics, and evaluate / embed
-        # of the finetune run use these.
-        norm_stats = _fit_zscore(dataset, train_pool)
+        # of the finetune run use these. Loaded and streamed sets sum the same blocks
+        # (cleaning.row_blocks), so both get bitwise the same statistics.
+        norm_stats = dataset.fit_normalization(train_pool).to_dict()
     elif isinstance(getattr(dataset, "meta", None), dict):
         norm_stats = dataset.meta.get("norm_stats")
     if isinstance(dataset, StreamedPool):

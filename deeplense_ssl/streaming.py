@@ -20,9 +20,9 @@ the checkpoint: the same order, the same batches, bitwise the same weights.
 is larger than the memory budget, :func:`memory_budget_bytes`).
 
 ``normalize="zscore-dataset"``: the per-channel statistics of the whole training set are fit
-in one pass over the shards (:meth:`StreamingData.fit_normalization`, :func:`channel_stats`,
-the same blocks and sums as the in-memory path, so both give the same statistics) and then
-applied to every block read.
+in one pass over the shards (:meth:`StreamingData.fit_normalization`,
+:func:`~deeplense_ssl.cleaning.channel_stats`, the same blocks and sums as the in-memory path,
+so both give the same statistics) and then applied to every block read.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import glob
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cleaning import NanReport, NormStats
+from .cleaning import NanReport, NormStats, channel_stats, row_blocks, stats_block_images
 from .datasets import iter_clean_blocks
 from .errors import ConfigError, DataError
 from .io import Source, available_memory_bytes, open_source
@@ -60,9 +60,6 @@ WINDOW_BUDGET_FRACTION = 1 / 8
 
 READ_GAP = 8
 """Unneeded images between two needed ones that are read through (one read instead of two)."""
-
-STATS_BLOCK_BYTES = 64 * 2**20
-"""Bytes of float64 pixels one block of the statistics pass holds (:func:`stats_block_images`)."""
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -164,52 +161,6 @@ class CleanOptions:
 # --------------------------------------------------------------------------------------------
 # zscore-dataset statistics of a whole set, block by block
 # --------------------------------------------------------------------------------------------
-
-
-def stats_block_images(image_shape: Sequence[int]) -> int:
-    """Images per block of the statistics pass: :data:`STATS_BLOCK_BYTES` of float64 pixels
-    (at least one image). Both data paths use it, so they sum the same blocks."""
-    return max(1, STATS_BLOCK_BYTES // (8 * math.prod(image_shape)))
-
-
-def channel_stats(blocks: Iterable[np.ndarray]) -> NormStats:
-    """Per-channel mean and std (population) of images given block by block, in one pass.
-
-    Each block's mean and sum of squared deviations are computed in float64 and merged with
-    the pairwise update of Chan, Golub & LeVeque (1979), so the result equals the two-pass
-    statistics of :func:`~deeplense_ssl.cleaning.fit_normalization` to float64 rounding
-    (no cancellation of a sum of squares). The same blocks give bitwise the same result.
-
-    Args:
-        blocks: ``(M, C, H, W)`` finite images per block (``M`` may be 0).
-
-    Returns:
-        :class:`~deeplense_ssl.cleaning.NormStats` (the std of a constant channel is 1).
-
-    Raises:
-        DataError: no image at all.
-    """
-    n, images = 0, 0
-    mean = m2 = np.zeros(0)
-    for block in blocks:
-        b = np.asarray(block, dtype=np.float64)
-        if len(b) == 0:
-            continue
-        count = b.shape[0] * b.shape[2] * b.shape[3]
-        b_mean = b.mean(axis=(0, 2, 3))
-        b_m2 = np.square(b - b_mean[None, :, None, None]).sum(axis=(0, 2, 3))
-        if n == 0:
-            mean, m2 = b_mean, b_m2
-        else:
-            delta, total = b_mean - mean, n + count
-            mean = mean + delta * (count / total)
-            m2 = m2 + b_m2 + np.square(delta) * (n * count / total)
-        n, images = n + count, images + len(b)
-    if n == 0:
-        raise DataError("zscore-dataset statistics need at least one image; the set is empty.")
-    std = np.sqrt(m2 / n)
-    std[std == 0] = 1.0
-    return NormStats(mean, std, images)
 
 
 def _stored_layout(src: Source) -> dict[str, Any]:
@@ -636,18 +587,6 @@ class StreamedPool:
     def close(self) -> None:
         """Close every shard."""
         self.shards.close()
-
-
-def row_blocks(
-    read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, image_shape: Sequence[int]
-) -> Iterator[np.ndarray]:
-    """``read(rows[k B:(k + 1) B])`` for :func:`stats_block_images` ``B``: the blocks of a
-    ``zscore-dataset`` fit on chosen rows, the same whether ``read`` loads from memory or
-    from shards (so both give bitwise the same :func:`channel_stats`)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    block = stats_block_images(image_shape)
-    for lo in range(0, len(rows), block):
-        yield read(rows[lo : lo + block])
 
 
 def _check_pair(first: ShardSet, other: ShardSet) -> None:

@@ -278,3 +278,23 @@ def test_zscore_dataset_uses_training_statistics_only():
         normalize_images(val, "zscore-dataset")
     const = fit_normalization(np.ones((2, 1, 3, 3), np.float32))
     assert const.std[0] == 1.0
+
+
+def test_fit_normalization_on_rows_fits_only_those_rows_in_blocks(monkeypatch):
+    """``rows`` picks the training images; small blocks (3 images) give numpy's mean and std."""
+    from deeplense_ssl import cleaning
+
+    rng = np.random.default_rng(1)
+    images = rng.normal(0, 1, (11, 2, 4, 4)).astype(np.float32)
+    rows = np.array([0, 2, 3, 5, 7, 8, 10])
+    images[np.setdiff1d(np.arange(11), rows)] += 100.0  # held-out images are far off
+    whole = fit_normalization(images[rows])
+    monkeypatch.setattr(cleaning, "STATS_BLOCK_BYTES", 3 * 8 * 2 * 4 * 4)
+    blocked = fit_normalization(images, rows)
+    subset = images[rows].astype(np.float64)
+    np.testing.assert_allclose(blocked.mean, subset.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(blocked.std, subset.std(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(blocked.mean, whole.mean, rtol=1e-12)
+    assert blocked.n_images == len(rows)
+    with pytest.raises(DataError, match="at least one row"):
+        fit_normalization(images, np.array([], dtype=np.int64))

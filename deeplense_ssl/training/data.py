@@ -13,7 +13,7 @@ and the data), never on the global RNG, so batches are the same with or without 
 ``normalize="zscore-dataset"``: pretraining has no labels and no validation split, so the
 per-channel statistics are fit on the whole training set (``--data``; the renderings of
 ``--paired-data`` get the same statistics), in memory and streamed alike with
-:func:`~deeplense_ssl.streaming.channel_stats` over the same blocks (the same statistics, to
+:func:`~deeplense_ssl.cleaning.channel_stats` over the same blocks (the same statistics, to
 the bit), recorded in the run (``resolved["norm_stats"]``) and reused on resume. A run started
 before they were recorded trained on un-normalised images and resumes so.
 """
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..cleaning import NormStats
+from ..cleaning import NormStats, channel_stats, stats_block_images
 from ..datasets import load_dataset
 from ..distributed import DistInfo, gather_objects, shard_batch_indices
 from ..errors import CheckpointError, ConfigError, DataError
@@ -42,11 +42,9 @@ from ..streaming import (
     StreamingData,
     StreamLayout,
     StreamReader,
-    channel_stats,
     choose_data_mode,
     memory_budget_bytes,
     shard_paths,
-    stats_block_images,
     window_chunks,
 )
 

@@ -12,15 +12,16 @@ import pytest
 import torch
 from helpers_crash import Crash, crash_at
 
-from deeplense_ssl import streaming, training
+from deeplense_ssl import cleaning, streaming, training
 from deeplense_ssl.checkpoint import load_checkpoint
+from deeplense_ssl.cleaning import channel_stats
 from deeplense_ssl.config import EmbedConfig, PretrainConfig, config_from_sources
 from deeplense_ssl.embedding import embed_files, load_encoder, resolve_preprocessing
 from deeplense_ssl.inference import embed
 from deeplense_ssl.io import write_hdf5
 from deeplense_ssl.methods import get_method
 from deeplense_ssl.runs import CHECKPOINT_FILE, CONFIG_FILE
-from deeplense_ssl.streaming import ChunkedOrder, channel_stats
+from deeplense_ssl.streaming import ChunkedOrder
 from deeplense_ssl.training import data as train_data
 from deeplense_ssl.training import loop as train_loop
 
@@ -88,7 +89,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 def small_blocks(monkeypatch):
     """Statistics blocks of 5 images (cross the shard cuts 7 and 15); chunks of 4 images and
     windows of 2 chunks for the streaming order."""
-    monkeypatch.setattr(streaming, "STATS_BLOCK_BYTES", 5 * 8 * 2 * SIZE * SIZE)
+    monkeypatch.setattr(cleaning, "STATS_BLOCK_BYTES", 5 * 8 * 2 * SIZE * SIZE)
     monkeypatch.setattr(train_data, "CHUNK_IMAGES", 4)
     monkeypatch.setattr(streaming, "MAX_WINDOW_CHUNKS", 2)
 
