@@ -158,11 +158,6 @@ class CleanOptions:
         return "none" if self.normalize == "zscore-dataset" else self.normalize
 
 
-# --------------------------------------------------------------------------------------------
-# zscore-dataset statistics of a whole set, block by block
-# --------------------------------------------------------------------------------------------
-
-
 def _stored_layout(src: Source) -> dict[str, Any]:
     """What every shard must share with the first: classes, labelling, stored image layout."""
     layout: dict[str, Any] = {
