@@ -677,6 +677,10 @@ def test_simulate_to_a_full_disk_is_one_line_and_leaves_nothing(tiny_disk, patch
 # ----------------------------------------------------------------------------- signals, kills
 
 SLOW_WRITES = (
+    # a shell's background job (``cmd &`` without job control) starts with SIGINT ignored, and
+    # Python keeps it so: give the child Python's own Ctrl-C handler whatever the parent did
+    "import signal\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     "import time\n"
     "from deeplense_ssl import io\n"
     "_write = io._GuardedFile.write\n"
