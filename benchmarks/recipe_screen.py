@@ -51,6 +51,11 @@ from deeplense_ssl.training import pretrain
 VARIANTS: dict[str, dict] = {
     "simclr": {"method": "simclr"},
     "contrastive-blur": {"method": "contrastive-blur"},
+    # ablations of the default: each view ingredient alone, and NT-Xent's temperature
+    "contrastive-blur-noise-only": {"method": "contrastive-blur", "blur_sigmas_px": [0.0]},
+    "contrastive-blur-blur-only": {"method": "contrastive-blur", "noise_std": 0.0},
+    "contrastive-blur-t0.2": {"method": "contrastive-blur", "temperature": 0.2},
+    "contrastive-blur-t0.5": {"method": "contrastive-blur", "temperature": 0.5},
     "vicreg": {"method": "vicreg"},
     "barlow-twins": {"method": "barlow-twins"},
     "byol": {"method": "byol"},
