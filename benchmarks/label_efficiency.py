@@ -354,6 +354,17 @@ def finetune_config(
     return config_from_sources(FinetuneConfig, None, {**values, "out": str(out), "device": device})
 
 
+def earlier_metrics(ecfg: EvaluateConfig) -> dict[str, Any] | None:
+    """The metrics of an evaluation with this very config written after the model, or None
+    (evaluation is deterministic: a resumed benchmark need not score finished runs again;
+    delete the runs' metrics.json after a change to the evaluation code)."""
+    path, model = Path(ecfg.out), Path(ecfg.checkpoint) / "model.pt"
+    if not path.exists() or path.stat().st_mtime < model.stat().st_mtime:
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("config") == dataclasses.asdict(ecfg) else None
+
+
 def score_run(cfg: FinetuneConfig, test: Path, plan: dict) -> dict[str, Any]:
     """Fine-tune (unless finished earlier), evaluate on the test set; the result row's numbers."""
     run = Path(cfg.out)
@@ -364,7 +375,7 @@ def score_run(cfg: FinetuneConfig, test: Path, plan: dict) -> dict[str, Any]:
         n_bootstrap=plan["n_bootstrap"], device=cfg.device, seed=cfg.seed,
     )  # fmt: skip
     ecfg.validate()
-    m = evaluate(ecfg, progress=False)
+    m = earlier_metrics(ecfg) or evaluate(ecfg, progress=False)
     ci = (m.get("ci") or {}).get("auc_macro") or {}
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     return {

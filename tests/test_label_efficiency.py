@@ -129,10 +129,10 @@ def test_row_names_and_protocols(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_runs_every_row_and_counts_its_labels(tmp_path):
+def test_tiny_benchmark_runs_every_row_and_counts_its_labels(tmp_path, monkeypatch):
     pytest.importorskip("lenstronomy")
     out = tmp_path / "le.json"
-    le.main([
+    argv = [
         "--models", "model_ii", "--methods", "simclr", "--image-size", "32",
         "--n-unlabelled-per-class", "3", "--n-labelled-per-class", "4", "--n-test-per-class", "2",
         "--pretrain-epochs", "1", "--pretrain-batch-size", "6", "--pretrain-option", "max_steps=1",
@@ -140,7 +140,8 @@ def test_tiny_benchmark_runs_every_row_and_counts_its_labels(tmp_path):
         "--min-steps", "3", "--fractions", "0.5", "--n-bootstrap", "5", "--device", "cpu",
         "--work-dir", str(tmp_path / "runs"), "--out", str(out),
         "--markdown", str(tmp_path / "le.md"),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    le.main(argv)
     result = json.loads(out.read_text())
     assert result["header"]["protocol"] == "v2" and "--min-steps 3" in result["header"]["command"]
     rows = result["rows"]
@@ -155,3 +156,13 @@ def test_tiny_benchmark_runs_every_row_and_counts_its_labels(tmp_path):
         assert r["model_selection"] == "fixed-schedule" and r["optimizer_steps"] >= 3
     assert "simclr + full fine-tune" in (tmp_path / "le.md").read_text()
     assert result["pretrain"][0]["seconds"] is not None
+
+    # run again: the finished runs are not trained or scored again, and the rows are the same
+    def no_more(*_args, **_kwargs):
+        raise AssertionError("a finished run was trained or scored again")
+
+    monkeypatch.setattr(le, "evaluate", no_more)
+    monkeypatch.setattr(le, "finetune", no_more)
+    le.main(argv)
+    again = json.loads(out.read_text())["rows"]
+    assert [r["auc_macro"] for r in again] == [r["auc_macro"] for r in rows]

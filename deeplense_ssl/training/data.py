@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..cleaning import NormStats, channel_stats, stats_block_images
+from ..cleaning import NormStats, channel_stats, row_blocks
 from ..datasets import load_dataset
 from ..distributed import DistInfo, gather_objects, shard_batch_indices
 from ..errors import CheckpointError, ConfigError, DataError
@@ -152,29 +152,29 @@ def _normalise(parts: list[Any], norm: Normalization) -> dict | None:
             stats = NormStats.from_dict(norm.stats)
         else:
             arrays = [np.asarray(p.images) for p in parts]
-            stats = channel_stats(_joined_blocks(arrays, stats_block_images(arrays[0].shape[1:])))
+            rows = np.arange(sum(len(a) for a in arrays))
+            stats = channel_stats(row_blocks(_joined_reader(arrays), rows, arrays[0].shape[1:]))
         for part in pending:
             part.apply_normalization(stats)
     meta = getattr(parts[0], "meta", None) if parts else None
     return meta.get("norm_stats") if isinstance(meta, dict) else None
 
 
-def _joined_blocks(arrays: list[np.ndarray], block: int) -> Iterable[np.ndarray]:
-    """Rows ``[k block, (k + 1) block)`` of the arrays joined along axis 0, in order (the
-    blocks of :meth:`~deeplense_ssl.streaming.StreamingData.fit_blocks`)."""
-    pending: list[np.ndarray] = []
-    need = block
-    for array in arrays:
-        pos = 0
-        while pos < len(array):
-            piece = array[pos : pos + need]
-            pending.append(piece)
-            pos, need = pos + len(piece), need - len(piece)
-            if need == 0:
-                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
-                pending, need = [], block
-    if pending:
-        yield np.concatenate(pending)
+def _joined_reader(arrays: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``read(rows)`` of the arrays joined along axis 0, for consecutive ``rows`` (no copy of
+    the whole set: each block is cut from the arrays it spans)."""
+    starts = np.cumsum([0] + [len(a) for a in arrays])
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        parts = [
+            a[max(lo - s, 0) : hi - s]
+            for a, s, e in zip(arrays, starts[:-1], starts[1:], strict=True)
+            if lo < e and hi > s
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    return read
 
 
 def _join(parts: list[Any], paths: list[Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
