@@ -45,7 +45,10 @@ class DemoPlan:
     method: str = PretrainConfig.method  # the package's default lensing recipe
     n_train_per_class: int = 400
     n_test_per_class: int = 200
-    pretrain_epochs: int = 8
+    # images per class simulated for pretraining only (seed + 2, their labels never read):
+    # pretraining sees them and the training images, 3,000 in all, as in the benchmark
+    n_unlabelled_per_class: int = 600
+    pretrain_epochs: int = 6
     pretrain_batch_size: int = 128
     finetune_epochs: int = 30
     scratch_epochs: int = 12
@@ -70,6 +73,7 @@ def plan_for(device: str, quick: bool = False) -> DemoPlan:
         return DemoPlan(
             n_train_per_class=24,
             n_test_per_class=12,
+            n_unlabelled_per_class=8,
             pretrain_epochs=1,
             pretrain_batch_size=16,
             finetune_epochs=2,
@@ -83,6 +87,7 @@ def plan_for(device: str, quick: bool = False) -> DemoPlan:
         return DemoPlan(
             n_train_per_class=3000,
             n_test_per_class=1000,
+            n_unlabelled_per_class=3000,
             pretrain_epochs=60,
             pretrain_batch_size=256,
             finetune_epochs=50,
@@ -93,14 +98,16 @@ def plan_for(device: str, quick: bool = False) -> DemoPlan:
     return DemoPlan()
 
 
-def _simulate(plan: DemoPlan, data_dir: Path, seed: int, stage: Log) -> tuple[Path, Path]:
-    """Simulate the training set (``seed``) and the test set (``seed + 1``) unless present."""
+def _simulate(plan: DemoPlan, data_dir: Path, seed: int, stage: Log) -> tuple[Path, Path, str]:
+    """Simulate the training set (``seed``), the test set (``seed + 1``) and the unlabelled
+    pool (``seed + 2``) unless present; also returns the pretraining data (``--data``)."""
     workers = max(1, min(os.cpu_count() or 1, 8))
     train_h5, test_h5 = data_dir / "train.h5", data_dir / "test.h5"
-    for path, n, s in [
-        (train_h5, plan.n_train_per_class, seed),
-        (test_h5, plan.n_test_per_class, seed + 1),
-    ]:
+    unlabelled_h5 = data_dir / "unlabelled.h5"
+    sets = [(train_h5, plan.n_train_per_class, seed), (test_h5, plan.n_test_per_class, seed + 1)]
+    if plan.n_unlabelled_per_class:
+        sets.append((unlabelled_h5, plan.n_unlabelled_per_class, seed + 2))
+    for path, n, s in sets:
         if path.exists():
             stage(f"{path} exists, skipping simulation")
             continue
@@ -108,12 +115,13 @@ def _simulate(plan: DemoPlan, data_dir: Path, seed: int, stage: Log) -> tuple[Pa
         simulate_dataset(
             SimulateConfig(out=str(path), model=plan.model, n_per_class=n, seed=s, workers=workers)
         )
-    return train_h5, test_h5
+    pool = f"{train_h5},{unlabelled_h5}" if plan.n_unlabelled_per_class else str(train_h5)
+    return train_h5, test_h5, pool
 
 
 def _pretrain(
     plan: DemoPlan,
-    train_h5: Path,
+    pool: str,
     pre_dir: Path,
     device: str,
     seed: int,
@@ -124,11 +132,11 @@ def _pretrain(
     if (pre_dir / BACKBONE_FILE).exists():
         stage(f"{pre_dir} finished earlier, skipping pretraining")
         return
-    budget = f"{plan.backbone}, {plan.pretrain_epochs} epochs"
+    budget = f"{plan.backbone}, {plan.pretrain_epochs} epochs on {pool}"
     stage(f"pretraining {plan.method} ({budget}) -> {pre_dir}")
     pretrain(
         PretrainConfig(
-            data=str(train_h5),
+            data=pool,
             out=str(pre_dir),
             method=plan.method,
             backbone=plan.backbone,
@@ -230,9 +238,9 @@ def run_demo(
     def stage(msg: str) -> None:
         log(f"[demo {time.perf_counter() - t0:6.0f}s] {msg}")
 
-    train_h5, test_h5 = _simulate(plan, out / "data", seed, stage)
+    train_h5, test_h5, pool = _simulate(plan, out / "data", seed, stage)
     pre_dir = runs_dir / f"pretrain-{plan.method}"
-    _pretrain(plan, train_h5, pre_dir, device, seed, progress, stage)
+    _pretrain(plan, pool, pre_dir, device, seed, progress, stage)
     base = FinetuneConfig(
         data=str(train_h5),
         backbone=plan.backbone,

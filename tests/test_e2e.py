@@ -55,6 +55,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     plan = DemoPlan(
         n_train_per_class=6,
         n_test_per_class=4,
+        n_unlabelled_per_class=2,
         pretrain_epochs=1,
         pretrain_batch_size=6,
         finetune_epochs=1,
@@ -71,6 +72,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     for name in [*names, "scratch-full-f1"]:
         assert (tmp_path / "runs" / name / "metrics.json").exists(), name
     pre = tmp_path / "runs" / f"pretrain-{plan.method}"
+    resolved = json.loads((pre / "config.json").read_text())["resolved"]
+    assert resolved["n_train"] == 3 * (6 + 2)  # the training images and the unlabelled pool
     stamp = (pre / "backbone.pt").stat().st_mtime_ns
     logs.clear()
     run_demo(tmp_path, device="cpu", plan=plan, progress=False, log=logs.append)
