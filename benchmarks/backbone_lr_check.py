@@ -31,7 +31,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.model_selection import train_test_split
 
 from deeplense_ssl.config import EvaluateConfig, FinetuneConfig
@@ -123,7 +122,6 @@ def main() -> None:
     ap.add_argument("--scales", nargs="+", type=float, default=[0.1, 1.0], help="screen mode")
     ap.add_argument("--out", type=Path, required=True, help="folder for the reruns")
     args = ap.parse_args()
-    torch.set_num_threads(2)
     if args.screen_labelled:
         if not (args.checkpoint and args.like):
             ap.error("--screen-labelled needs --checkpoint and --like")

@@ -178,7 +178,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work-dir", default="recipe_screen_runs")
     ap.add_argument("--out", default=None, help="append the rows to this JSON file")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     tag = f"{args.model}-{args.image_size or 'native'}"
