@@ -157,6 +157,36 @@ def test_tiny_label_fraction_still_takes_the_minimum_steps(toy, tmp_path, monkey
     assert val["n_val"] == 0 and "fixed schedule" in val["selection"]
 
 
+class _RecordingAdamW(torch.optim.AdamW):
+    group_lrs: list[float] = []
+
+    def __init__(self, params, *args, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        type(self).group_lrs = [g["lr"] for g in self.param_groups]  # before any schedule
+
+
+@pytest.mark.parametrize(
+    "scale, init, backbone_rate",
+    [(None, "pretrained", 1.0), (0.1, "pretrained", 0.1), (0.1, "scratch", 1.0)],
+    ids=["default", "scaled", "scratch-ignores-it"],
+)
+def test_full_finetune_trains_the_backbone_at_the_scaled_rate(
+    toy, tmp_path, monkeypatch, scale, init, backbone_rate
+):
+    # the default trains the backbone at the head's rate, like training from scratch (the
+    # validation check of benchmarks/RESULTS.md); group 0 is the backbone, group 1 the head
+    monkeypatch.setattr(torch.optim, "AdamW", _RecordingAdamW)
+    kw = {} if scale is None else {"backbone_lr_scale": scale}
+    if init == "scratch":
+        kw.update(checkpoint=None, stem="small")
+    cfg = _cfg(toy, tmp_path / "run", label_fraction=0.05, min_steps=1, head="full", init=init,
+               lr=2e-3, **kw)  # fmt: skip
+    out = finetune(cfg, progress=False)
+    assert _RecordingAdamW.group_lrs == pytest.approx([2e-3 * backbone_rate, 2e-3])
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["backbone_lr"] == pytest.approx(2e-3 * backbone_rate)
+
+
 def test_min_steps_zero_trains_exactly_the_epochs(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim, "AdamW", _CountingAdamW)
     _CountingAdamW.steps = 0
