@@ -90,6 +90,8 @@ PROTOCOL = "v2"
 V1_DEFAULT_EPOCHS = 6  # the pretraining budget of protocol v1's unlabelled table rows
 BASELINES = ("random-init", "supervised")
 SIM_SEEDS = (1000, 2000, 3000)  # unlabelled, labelled, test; recipe_screen uses 100+ / 200+
+# the package's default, read where it is defined
+DEFAULT_BACKBONE_LR_SCALE = FinetuneConfig.backbone_lr_scale
 SETTINGS: dict[str, dict[str, Any]] = {
     "cpu": dict(
         models=("model_ii", "model_i"),
@@ -329,8 +331,9 @@ def finetune_variants(
     for method, pre in pre_dirs.items():
         ssl = {"checkpoint": str(pre), "init": "pretrained"}
         out.append((method, {**ssl, **probe}))
-        if plan["rows"]["full_finetune"]:
-            out.append((method, {**ssl, **e2e}))
+        if plan["rows"]["full_finetune"]:  # the backbone rate named: a new default, new runs
+            rate = plan["finetune_options"].get("backbone_lr_scale", DEFAULT_BACKBONE_LR_SCALE)
+            out.append((method, {**ssl, **e2e, "backbone_lr_scale": rate}))
     if plan["rows"]["baselines"]:
         out.append(("random-init", {**arch, **probe, "init": "random"}))
         out.append(("supervised", {**arch, **e2e, "init": "scratch"}))
@@ -365,10 +368,30 @@ def earlier_metrics(ecfg: EvaluateConfig) -> dict[str, Any] | None:
     return metrics if metrics.get("config") == dataclasses.asdict(ecfg) else None
 
 
+def check_same_config(cfg: FinetuneConfig, run: Path) -> None:
+    """Refuse a finished run folder whose recorded config differs from ``cfg`` (a folder is
+    named by the options given, so a changed package default would otherwise be reused)."""
+    recorded = json.loads((run / "config.json").read_text())["config"]
+    wanted = dataclasses.asdict(cfg)
+    ignore = {"out", "device"}
+    if not (cfg.head == "full" and cfg.init == "pretrained"):
+        ignore.add("backbone_lr_scale")  # used only there (a frozen or scratch backbone)
+    differ = sorted(k for k in recorded.keys() & wanted.keys() - ignore
+                    if recorded[k] != wanted[k])  # fmt: skip
+    if differ:
+        changes = ", ".join(f"{k} {recorded[k]!r} -> {wanted[k]!r}" for k in differ)
+        raise SystemExit(
+            f"error: {run} was trained with another config ({changes}); delete that folder "
+            "or use another --work-dir."
+        )
+
+
 def score_run(cfg: FinetuneConfig, test: Path, plan: dict) -> dict[str, Any]:
     """Fine-tune (unless finished earlier), evaluate on the test set; the result row's numbers."""
     run = Path(cfg.out)
-    if not (run / "model.pt").exists():
+    if (run / "model.pt").exists():
+        check_same_config(cfg, run)
+    else:
         finetune(cfg, progress=False)
     ecfg = EvaluateConfig(
         checkpoint=str(run), data=str(test), out=str(run / "metrics.json"),

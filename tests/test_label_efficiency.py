@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import label_efficiency as le  # noqa: E402
 
+from deeplense_ssl.config import FinetuneConfig  # noqa: E402
 from deeplense_ssl.methods import METHOD_NAMES  # noqa: E402
 
 
@@ -104,6 +105,26 @@ def test_dry_run_plans_every_row_with_the_same_budget(tmp_path, capsys):
     assert not (tmp_path / "w").exists()  # nothing simulated or trained
 
 
+def test_the_ssl_full_run_folder_follows_the_backbone_rate(tmp_path, monkeypatch):
+    def full_runs(plan):
+        steps = le.plan_model(plan, "model_ii", tmp_path, "cpu")
+        return {c.init: c for k, _, c in steps if k == "finetune" and c.head == "full"}
+
+    base = _plan("--models", "model_ii", "--methods", "simclr", "--seeds", "0", "--fractions", "1")
+    runs = full_runs(base)
+    assert runs["pretrained"].backbone_lr_scale == FinetuneConfig.backbone_lr_scale
+    # a changed package default names new SSL full runs; the other rows keep their folders
+    monkeypatch.setattr(le, "DEFAULT_BACKBONE_LR_SCALE", 0.5)
+    changed = full_runs(base)
+    assert changed["pretrained"].out != runs["pretrained"].out
+    assert changed["pretrained"].backbone_lr_scale == 0.5
+    assert changed["scratch"].out == runs["scratch"].out
+    # an explicit --finetune-option wins over the default
+    opt = _plan("--models", "model_ii", "--methods", "simclr", "--seeds", "0", "--fractions", "1",
+                "--finetune-option", "backbone_lr_scale=0.25")  # fmt: skip
+    assert full_runs(opt)["pretrained"].backbone_lr_scale == 0.25
+
+
 def test_row_names_and_protocols(tmp_path):
     header = {"protocol": "v2", "pretrain_epochs": 10,
               "recipe": {"augment": "lensing-exact", "pretrain_options": {"stem": "small",
@@ -166,3 +187,12 @@ def test_tiny_benchmark_runs_every_row_and_counts_its_labels(tmp_path, monkeypat
     le.main(argv)
     again = json.loads(out.read_text())["rows"]
     assert [r["auc_macro"] for r in again] == [r["auc_macro"] for r in rows]
+
+    # a finished folder whose recorded config differs (a changed default) is refused, by name
+    scratch = next((tmp_path / "runs").glob("*/ft-scratch-full-*"))
+    recorded = json.loads((scratch / "config.json").read_text())
+    recorded["config"]["weight_decay"] = 0.5
+    (scratch / "config.json").write_text(json.dumps(recorded))
+    with pytest.raises(SystemExit, match=f"{scratch.name} was trained with another config "
+                                         r"\(weight_decay 0.5 -> 0.0001\)"):  # fmt: skip
+        le.main(argv)
