@@ -30,8 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-from sklearn.model_selection import train_test_split
+from recipe_screen import screen_halves
 
 from deeplense_ssl.config import EvaluateConfig, FinetuneConfig
 from deeplense_ssl.evaluation import evaluate
@@ -59,10 +58,7 @@ def split_halves(labelled: Path, folder: Path, seed: int = 0) -> tuple[Path, Pat
     if all(p.exists() for p in paths):
         return paths
     raw = read_hdf5(labelled)
-    halves = train_test_split(
-        np.arange(len(raw.labels)), test_size=0.5, stratify=raw.labels, random_state=seed
-    )
-    for path, idx in zip(paths, halves, strict=True):
+    for path, idx in zip(paths, screen_halves(raw.labels, seed), strict=True):
         params = {k: v[idx] for k, v in raw.params.items()}
         sources = [raw.sources[i] for i in idx]
         write_hdf5(path, raw.images[idx], raw.labels[idx], raw.class_names, sources=sources,

@@ -104,11 +104,17 @@ def features(backbone: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     return embed(backbone, torch.from_numpy(images), "cpu", batch_size=128).numpy()
 
 
-def probe_scores(feats: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
-    """Macro AUC on the validation half with 10% and 100% of the probe-training half."""
+def screen_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the labelled pool's stratified 50/50 split: (probe-training, validation)."""
     idx_tr, idx_val = train_test_split(
         np.arange(len(labels)), test_size=0.5, stratify=labels, random_state=seed
     )
+    return idx_tr, idx_val
+
+
+def probe_scores(feats: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """Macro AUC on the validation half with 10% and 100% of the probe-training half."""
+    idx_tr, idx_val = screen_halves(labels, seed)
     out = {"rankme_val": effective_rank(torch.from_numpy(feats[idx_val]))}
     for frac in (0.1, 1.0):
         sub = idx_tr
