@@ -80,7 +80,7 @@ from deeplense_ssl.config import (
     field_spec,
 )
 from deeplense_ssl.evaluation import evaluate
-from deeplense_ssl.finetuning import finetune
+from deeplense_ssl.finetuning import finetune, learning_rates
 from deeplense_ssl.io import write_text_atomic
 from deeplense_ssl.methods import METHOD_NAMES
 from deeplense_ssl.simulate import simulate_dataset
@@ -370,16 +370,20 @@ def earlier_metrics(ecfg: EvaluateConfig) -> dict[str, Any] | None:
 
 def check_same_config(cfg: FinetuneConfig, run: Path) -> None:
     """Refuse a finished run folder whose recorded config differs from ``cfg`` (a folder is
-    named by the options given, so a changed package default would otherwise be reused)."""
-    recorded = json.loads((run / "config.json").read_text())["config"]
-    wanted = dataclasses.asdict(cfg)
-    ignore = {"out", "device"}
-    if not (cfg.head == "full" and cfg.init == "pretrained"):
-        ignore.add("backbone_lr_scale")  # used only there (a frozen or scratch backbone)
-    differ = sorted(k for k in recorded.keys() & wanted.keys() - ignore
-                    if recorded[k] != wanted[k])  # fmt: skip
+    named by the options given, so a changed package default would otherwise be reused).
+
+    The learning rates are compared as the run used them (``finetuning.learning_rates``, kept
+    in the run's ``resolved``): ``backbone_lr_scale`` matters only where a backbone trains."""
+    recorded_run = json.loads((run / "config.json").read_text())
+    rates = learning_rates(cfg)
+    used = {k: recorded_run["resolved"].get(k) for k in rates}
+    recorded = {**recorded_run["config"], **used}
+    wanted = {**dataclasses.asdict(cfg), **rates}  # lr: the one used
+    keys = (recorded_run["config"].keys() & wanted.keys()) | rates.keys()
+    ignore = {"out", "device", "backbone_lr_scale"}  # the scale: as backbone_lr
+    differ = sorted(k for k in keys - ignore if recorded.get(k) != wanted[k])
     if differ:
-        changes = ", ".join(f"{k} {recorded[k]!r} -> {wanted[k]!r}" for k in differ)
+        changes = ", ".join(f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in differ)
         raise SystemExit(
             f"error: {run} was trained with another config ({changes}); delete that folder "
             "or use another --work-dir."

@@ -1004,6 +1004,18 @@ def _prepare(
             dataset.close()
 
 
+def learning_rates(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The mode and learning rates a run of ``cfg`` trains with (recorded in its ``resolved``).
+
+    ``backbone_lr`` is None where the backbone stays frozen (probes); a scratch network trains
+    everything at ``lr``; a pretrained one trains its backbone at ``lr * backbone_lr_scale``.
+    """
+    mode = "end_to_end" if cfg.init == "scratch" or cfg.head == "full" else "probe"
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[mode]
+    scale = 1.0 if cfg.init == "scratch" else cfg.backbone_lr_scale
+    return {"mode": mode, "lr": lr, "backbone_lr": lr * scale if mode == "end_to_end" else None}
+
+
 def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) -> Path:
     """Train a classifier on a (pretrained) backbone with a fraction of the labels.
 
@@ -1034,10 +1046,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
     generator = seed_everything(cfg.seed)
     # the order of the random draws (backbone init, splits, head init) is part of the contract
     backbone, info, data = _prepare(cfg, dataset, progress)
-    mode = "end_to_end" if cfg.init == "scratch" or cfg.head == "full" else "probe"
+    rates = learning_rates(cfg)
+    mode, lr = rates["mode"], rates["lr"]
     head_kind = "mlp" if cfg.head == "mlp" else "linear"
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[mode]
-    backbone_lr = lr * (1.0 if cfg.init == "scratch" else cfg.backbone_lr_scale)
     head = build_classifier_head(
         head_kind, int(info["feature_dim"]), len(data.class_names), cfg.mlp_hidden_dim
     )
@@ -1047,16 +1058,14 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         history, best, probe_emb = _fit_probe(cfg, model, data, lr, generator, device, progress)
     else:
         history, best = _fit_end_to_end(
-            cfg, model, data, lr, backbone_lr, generator, device, progress
+            cfg, model, data, lr, rates["backbone_lr"], generator, device, progress
         )
     model.cpu().eval()
     train_emb, train_emb_labels = _train_embeddings(cfg, model, data, probe_emb, device, progress)
 
     spec = _model_spec(cfg, info, data, mode, head_kind)
     resolved = {
-        "mode": mode,
-        "lr": lr,
-        "backbone_lr": backbone_lr if mode == "end_to_end" else None,
+        **rates,
         "normalize": data.normalize,
         "image_size": data.image_size,
         "device": str(device),

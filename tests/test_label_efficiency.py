@@ -3,6 +3,7 @@ tiny end-to-end run (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import label_efficiency as le  # noqa: E402
 
+from deeplense_ssl import finetuning  # noqa: E402
 from deeplense_ssl.config import FinetuneConfig  # noqa: E402
+from deeplense_ssl.finetuning import learning_rates  # noqa: E402
 from deeplense_ssl.methods import METHOD_NAMES  # noqa: E402
 
 
@@ -123,6 +126,37 @@ def test_the_ssl_full_run_folder_follows_the_backbone_rate(tmp_path, monkeypatch
     opt = _plan("--models", "model_ii", "--methods", "simclr", "--seeds", "0", "--fractions", "1",
                 "--finetune-option", "backbone_lr_scale=0.25")  # fmt: skip
     assert full_runs(opt)["pretrained"].backbone_lr_scale == 0.25
+
+
+def _finished_run(folder: Path, cfg: FinetuneConfig) -> Path:
+    """A run folder's config.json as finetune records it (the config and the rates used)."""
+    folder.mkdir()
+    resolved = {**learning_rates(cfg), "epochs": 99}  # resolved epochs may exceed the config's
+    (folder / "config.json").write_text(
+        json.dumps({"config": dataclasses.asdict(cfg), "resolved": resolved})
+    )
+    return folder
+
+
+def test_a_finished_run_is_compared_by_the_learning_rates_it_used(tmp_path, monkeypatch):
+    probe = FinetuneConfig(data="d.h5", checkpoint="p", head="linear", backbone_lr_scale=0.1)
+    run = _finished_run(tmp_path / "probe", probe)
+    # a probe's backbone is frozen: its scale changed nothing, so the run is reused
+    le.check_same_config(dataclasses.replace(probe, backbone_lr_scale=1.0), run)
+    with pytest.raises(SystemExit, match=r"lr 0.001 -> 0.01"):  # the head's rate did change
+        le.check_same_config(dataclasses.replace(probe, lr=1e-2), run)
+    # so does a changed default rate, though the config (lr None) reads the same
+    monkeypatch.setitem(finetuning.DEFAULT_LR, "probe", 5e-3)
+    with pytest.raises(SystemExit, match=r"\(lr 0.001 -> 0.005\)"):
+        le.check_same_config(probe, run)
+    monkeypatch.undo()
+    full = dataclasses.replace(probe, head="full")
+    run = _finished_run(tmp_path / "full", full)
+    with pytest.raises(SystemExit, match=r"\(backbone_lr 0.0001 -> 0.001\)"):
+        le.check_same_config(dataclasses.replace(full, backbone_lr_scale=1.0), run)
+    scratch = FinetuneConfig(data="d.h5", init="scratch", head="full", backbone_lr_scale=0.1)
+    run = _finished_run(tmp_path / "scratch", scratch)
+    le.check_same_config(dataclasses.replace(scratch, backbone_lr_scale=1.0), run)
 
 
 def test_row_names_and_protocols(tmp_path):
