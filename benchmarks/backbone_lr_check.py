@@ -11,7 +11,8 @@ report nothing):
       python benchmarks/backbone_lr_check.py --work-dir /work/le/runs/model_ii \\
           --method contrastive-blur --fractions 1 --seeds 0 1 2 --scale 1.0 --out /work/le/blr
 
-* ``--screen-labelled``: the decision on a larger, separate pool. The recipe screen's labelled
+* ``--screen-labelled``: the decision on a larger, separate pool (``--heads full lp-ft``
+  also compares LP-FT, the linear probe first, at each scale). The recipe screen's labelled
   pool (``recipe_screen.py``: its own simulation seed) is split 50/50, stratified, as the screen
   splits it; each scale fine-tunes the screen's pretrained backbone on a fraction of the first
   half with a fixed schedule (the label-efficiency recipe otherwise) and is scored on the whole
@@ -35,6 +36,7 @@ from recipe_screen import screen_halves
 from deeplense_ssl.config import EvaluateConfig, FinetuneConfig
 from deeplense_ssl.evaluation import evaluate
 from deeplense_ssl.finetuning import finetune
+from deeplense_ssl.heads import BACKBONE_TRAINING_HEADS
 from deeplense_ssl.io import read_hdf5, write_hdf5
 
 
@@ -96,12 +98,13 @@ def screen_mode(args: argparse.Namespace) -> None:
     for frac in args.fractions:
         for seed in args.seeds:
             row: dict[str, object] = {"fraction": frac, "seed": seed}
-            for scale in args.scales:
-                out = args.out / f"full-f{frac}-s{seed}-blr{scale:g}"
-                rerun(args.like, out, data=str(train), checkpoint=str(args.checkpoint),
-                      label_fraction=float(frac), val_fraction=0.0, seed=seed,
-                      backbone_lr_scale=scale)  # fmt: skip
-                row[f"heldout_auc_scale_{scale:g}"] = held_out_auc(out, val)
+            for head in args.heads:
+                for scale in args.scales:
+                    out = args.out / f"{head}-f{frac}-s{seed}-blr{scale:g}"
+                    rerun(args.like, out, data=str(train), checkpoint=str(args.checkpoint),
+                          label_fraction=float(frac), val_fraction=0.0, seed=seed,
+                          backbone_lr_scale=scale, head=head)  # fmt: skip
+                    row[f"heldout_auc_{head}_scale_{scale:g}"] = held_out_auc(out, val)
             print(json.dumps(row), flush=True)
 
 
@@ -116,6 +119,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--scale", type=float, default=1.0, help="work-dir mode: the other scale")
     ap.add_argument("--scales", nargs="+", type=float, default=[0.1, 1.0], help="screen mode")
+    ap.add_argument("--heads", nargs="+", default=["full"], choices=BACKBONE_TRAINING_HEADS,
+                    help="screen mode: the fine-tunes to compare")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True, help="folder for the reruns")
     args = ap.parse_args()
     if args.screen_labelled:

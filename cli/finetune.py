@@ -38,7 +38,8 @@ C = FinetuneConfig
 @field_option(
     C,
     "head",
-    help="linear/mlp: head on frozen features (cached once); full: fine-tune the backbone too.",
+    help="linear/mlp: head on frozen features (cached once); full: fine-tune the backbone too; "
+    "lp-ft: the linear probe first, then full from its head.",
 )
 @click.option(
     "--from-scratch",
@@ -86,7 +87,7 @@ C = FinetuneConfig
 )
 @field_option(C, "batch_size")
 @field_option(C, "lr", help="Head learning rate (default 1e-3, AdamW).")
-@field_option(C, "backbone_lr_scale", help="--head full: backbone learning rate = lr x this.")
+@field_option(C, "backbone_lr_scale", help="--head full/lp-ft: backbone learning rate = lr x this.")
 @field_option(C, "weight_decay")
 @field_option(C, "mlp_hidden_dim", help="--head mlp.")
 @field_option(C, "augment", help="Random dihedral augmentation when the backbone is trained.")

@@ -9,6 +9,9 @@ init               head         what is trained
 ``pretrained``     ``mlp``      MLP head on frozen pretrained features (cached once)
 ``pretrained``     ``full``     backbone + linear head end to end, backbone lr x
                                 ``backbone_lr_scale``
+``pretrained``     ``lp-ft``    the linear probe first, then ``full`` from its head (LP-FT,
+                                Kumar et al. 2022: the backbone's first steps follow a trained
+                                head, not a random one); its steps add up
 ``random``         linear/mlp   the same probe on a frozen *randomly initialised* backbone
                                 (baseline ``--random-init``)
 ``scratch``        any          supervised training of a random backbone + head
@@ -63,7 +66,7 @@ from .checkpoint import load_pretrained_backbone, save_checkpoint
 from .config import FinetuneConfig, config_to_dict
 from .datasets import label_fraction_subset, load_dataset, stratified_split
 from .errors import CheckpointError, ConfigError, DataError
-from .heads import build_classifier_head
+from .heads import BACKBONE_TRAINING_HEADS, build_classifier_head
 from .inference import ClassifierModel, embed, predict_logits
 from .io import atomic_output
 from .metrics import roc_auc_report
@@ -779,6 +782,34 @@ def _fit_end_to_end(
     )
 
 
+def _fit_lp_ft(
+    cfg: FinetuneConfig,
+    model: ClassifierModel,
+    data: FinetuneData,
+    rates: dict[str, Any],
+    generator: torch.Generator,
+    device: torch.device,
+    progress: bool,
+) -> tuple[list[dict], dict]:
+    """LP-FT: the linear probe (its own model selection), then backbone + head from it.
+
+    One history: the probe's epochs (``stage`` "probe") and then the fine-tune's, whose epochs
+    and steps continue the count, so the run's ``optimizer_steps`` counts both stages.
+    """
+    probe_history, _, _ = _fit_probe(cfg, model, data, rates["lr"], generator, device, progress)
+    history, best = _fit_end_to_end(
+        cfg, model, data, rates["lr"], rates["backbone_lr"], generator, device, progress
+    )
+    last = probe_history[-1]
+
+    def shifted(row: dict) -> dict:
+        return {**row, "epoch": row["epoch"] + last["epoch"], "step": row["step"] + last["step"],
+                "stage": "fine-tune"}  # fmt: skip
+
+    probe_rows = [{**row, "stage": "probe"} for row in probe_history]
+    return probe_rows + [shifted(row) for row in history], shifted(best)
+
+
 def _train_embeddings(
     cfg: FinetuneConfig,
     model: ClassifierModel,
@@ -1010,7 +1041,7 @@ def learning_rates(cfg: FinetuneConfig) -> dict[str, Any]:
     ``backbone_lr`` is None where the backbone stays frozen (probes); a scratch network trains
     everything at ``lr``; a pretrained one trains its backbone at ``lr * backbone_lr_scale``.
     """
-    mode = "end_to_end" if cfg.init == "scratch" or cfg.head == "full" else "probe"
+    mode = "end_to_end" if cfg.init == "scratch" or cfg.head in BACKBONE_TRAINING_HEADS else "probe"
     lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[mode]
     scale = 1.0 if cfg.init == "scratch" else cfg.backbone_lr_scale
     return {"mode": mode, "lr": lr, "backbone_lr": lr * scale if mode == "end_to_end" else None}
@@ -1036,10 +1067,13 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         DataError: unreadable data, or fewer than two classes.
     """
     cfg.validate()
-    if cfg.init == "random" and cfg.head == "full":
+    if cfg.init == "random" and cfg.head in BACKBONE_TRAINING_HEADS:
         raise ConfigError(
-            "--random-init keeps the random backbone frozen; with --head full use --from-scratch."
+            f"--random-init keeps the random backbone frozen; with --head {cfg.head} use "
+            "--from-scratch."
         )
+    if cfg.init == "scratch" and cfg.head == "lp-ft":
+        raise ConfigError("--head lp-ft starts from a pretrained backbone; use --head full.")
     check_replaceable(cfg.out, FINETUNE_KIND)  # a wrong --out fails now, not after training
     require_tracker(cfg.log)  # so does a missing `track` extra
     device = resolve_device(cfg.device)
@@ -1056,6 +1090,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
     probe_emb = None
     if mode == "probe":
         history, best, probe_emb = _fit_probe(cfg, model, data, lr, generator, device, progress)
+    elif cfg.head == "lp-ft":
+        history, best = _fit_lp_ft(cfg, model, data, rates, generator, device, progress)
     else:
         history, best = _fit_end_to_end(
             cfg, model, data, lr, rates["backbone_lr"], generator, device, progress

@@ -10,8 +10,12 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-CLASSIFIER_HEADS = ("linear", "mlp", "full")
-"""Classifier head names of :func:`build_classifier_head` (``full`` also trains the backbone)."""
+CLASSIFIER_HEADS = ("linear", "mlp", "full", "lp-ft")
+"""Classifier head names of :func:`build_classifier_head` (``full`` and ``lp-ft`` also train
+the backbone; ``lp-ft`` fits the linear probe first and fine-tunes everything from it)."""
+
+BACKBONE_TRAINING_HEADS = ("full", "lp-ft")
+"""The heads of :data:`CLASSIFIER_HEADS` whose runs train the backbone too."""
 
 
 def _check_dims(**dims: int) -> None:
@@ -140,9 +144,9 @@ def build_classifier_head(
     """Classifier head by name, as ``FinetuneConfig.head`` spells it.
 
     Args:
-        head: one of :data:`CLASSIFIER_HEADS`: ``linear`` or ``full`` (a :class:`LinearHead`;
-            with ``full`` the backbone is trained too, which is the caller's business), or
-            ``mlp`` (an :class:`MLPHead`).
+        head: one of :data:`CLASSIFIER_HEADS`: ``linear``, ``full`` or ``lp-ft`` (a
+            :class:`LinearHead`; with the last two the backbone is trained too, which is the
+            caller's business), or ``mlp`` (an :class:`MLPHead`).
         in_dim: feature width.
         num_classes: number of classes.
         hidden_dim: hidden width of the ``mlp`` head.
@@ -151,7 +155,7 @@ def build_classifier_head(
     Raises:
         ConfigError: unknown head name.
     """
-    if head in ("linear", "full"):
+    if head in ("linear", *BACKBONE_TRAINING_HEADS):
         return LinearHead(in_dim, num_classes)
     if head == "mlp":
         return MLPHead(in_dim, num_classes, hidden_dim=hidden_dim, dropout=dropout)

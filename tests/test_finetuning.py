@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers_finetune import fake_pretrain_run, write_toy_h5
 
+from deeplense_ssl import finetuning
 from deeplense_ssl.checkpoint import load_state_dict_file
 from deeplense_ssl.config import FinetuneConfig, config_from_sources
 from deeplense_ssl.datasets import label_fraction_subset, load_dataset
@@ -130,6 +131,34 @@ def test_full_finetune_and_baselines_train_what_they_should(toy, tmp_path):
     assert cfg["resolved"]["mode"] == "end_to_end" and cfg["pretrain"] is None
     with pytest.raises(ConfigError, match="--from-scratch"):
         finetune(_cfg(toy, tmp_path / "bad", init="random", head="full"), progress=False)
+
+
+def test_lp_ft_fine_tunes_the_backbone_from_the_linear_probe(toy, tmp_path, monkeypatch):
+    probe = finetune(_cfg(toy, tmp_path / "probe", head="linear"), progress=False)
+    probe_head = torch.load(probe / MODEL_FILE, weights_only=True)["head_state"]
+    at_start = {}
+    real = finetuning.train_end_to_end
+
+    def spy(model, *args, **kwargs):
+        at_start.update({k: v.clone() for k, v in model.head.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(finetuning, "train_end_to_end", spy)
+    run = finetune(_cfg(toy, tmp_path / "lpft", head="lp-ft"), progress=False)
+    # the same seed draws the same probe: the fine-tune starts from the probe run's head
+    assert _same_state(at_start, probe_head)
+    saved = torch.load(run / MODEL_FILE, weights_only=True)
+    assert not _same_state(saved["backbone_state"], torch.load(
+        probe / MODEL_FILE, weights_only=True)["backbone_state"])  # fmt: skip
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in history] == ["probe"] * 2 + ["fine-tune"] * 2
+    steps = [r["step"] for r in history]
+    assert steps == sorted(set(steps))  # the fine-tune's steps continue the probe's count
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["mode"] == "end_to_end" and resolved["optimizer_steps"] == steps[-1]
+    for init, flag in (("random", "--from-scratch"), ("scratch", "--head full")):
+        with pytest.raises(ConfigError, match=flag):
+            finetune(_cfg(toy, tmp_path / init, init=init, head="lp-ft"), progress=False)
 
 
 def test_channel_mismatch_is_one_clear_error_and_writes_nothing(toy, tmp_path):
