@@ -103,8 +103,13 @@ def test_every_listed_classifier_head_builds():
         head = build_classifier_head(name, 8, 4, hidden_dim=6)
         assert head(x).shape == (3, 4)
         kinds[name] = type(head).__name__
-    assert kinds == {"linear": "LinearHead", "mlp": "MLPHead", "full": "LinearHead"}
-    with pytest.raises(ConfigError, match="head='deep' is not one of linear, mlp, full"):
+    assert kinds == {
+        "linear": "LinearHead",
+        "mlp": "MLPHead",
+        "full": "LinearHead",
+        "lp-ft": "LinearHead",
+    }
+    with pytest.raises(ConfigError, match="head='deep' is not one of linear, mlp, full, lp-ft"):
         build_classifier_head("deep", 8, 4)
 
 
