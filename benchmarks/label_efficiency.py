@@ -81,6 +81,7 @@ from deeplense_ssl.config import (
 )
 from deeplense_ssl.evaluation import evaluate
 from deeplense_ssl.finetuning import finetune, learning_rates
+from deeplense_ssl.heads import BACKBONE_TRAINING_HEADS
 from deeplense_ssl.io import write_text_atomic
 from deeplense_ssl.methods import METHOD_NAMES
 from deeplense_ssl.simulate import simulate_dataset
@@ -89,6 +90,8 @@ from deeplense_ssl.training import pretrain
 PROTOCOL = "v2"
 V1_DEFAULT_EPOCHS = 6  # the pretraining budget of protocol v1's unlabelled table rows
 BASELINES = ("random-init", "supervised")
+FINETUNE_ROW_NAMES = {"full": " + full fine-tune", "lp-ft": " + LP-FT"}
+"""Row-name suffix of the SSL rows that train the backbone (``heads.BACKBONE_TRAINING_HEADS``)."""
 SIM_SEEDS = (1000, 2000, 3000)  # unlabelled, labelled, test; recipe_screen uses 100+ / 200+
 # the package's default, read where it is defined
 DEFAULT_BACKBONE_LR_SCALE = FinetuneConfig.backbone_lr_scale
@@ -176,6 +179,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--no-baselines", action="store_true", help="skip random-init / supervised")
     ap.add_argument("--no-full-finetune", action="store_true", help="skip the SSL full rows")
+    ap.add_argument(
+        "--ssl-heads", nargs="+", default=["full"], choices=BACKBONE_TRAINING_HEADS,
+        help="the SSL fine-tune rows (full: backbone + head; lp-ft: the linear probe first)",
+    )  # fmt: skip
     ap.add_argument("--work-dir", default="label_efficiency_runs")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="label_efficiency.json")
@@ -243,6 +250,7 @@ def resolve_plan(args: argparse.Namespace) -> dict[str, Any]:
     }
     s["finetune_options"] = parse_options(args.finetune_option, FinetuneConfig, FINETUNE_RESERVED)
     s["rows"] = {"full_finetune": not args.no_full_finetune, "baselines": not args.no_baselines}
+    s["ssl_heads"] = list(dict.fromkeys(args.ssl_heads))
     if min(s["fractions"]) <= 0 or max(s["fractions"]) > 1:
         raise SystemExit("--fractions must be in (0, 1]")
     return s
@@ -324,7 +332,7 @@ def finetune_variants(
     plan: dict, pre_dirs: dict[str, Path], arch: dict[str, Any]
 ) -> list[tuple[str, dict[str, Any]]]:
     """``(method row name, FinetuneConfig values)`` of every fine-tuning run of one seed and
-    fraction: per SSL method the linear probe (and the full fine-tune), then the baselines."""
+    fraction: per SSL method the linear probe (and its fine-tunes), then the baselines."""
     probe = {"epochs": plan["probe_epochs"], "head": "linear"}
     e2e = {"epochs": plan["end_to_end_epochs"], "head": "full"}
     out: list[tuple[str, dict[str, Any]]] = []
@@ -333,7 +341,8 @@ def finetune_variants(
         out.append((method, {**ssl, **probe}))
         if plan["rows"]["full_finetune"]:  # the backbone rate named: a new default, new runs
             rate = plan["finetune_options"].get("backbone_lr_scale", DEFAULT_BACKBONE_LR_SCALE)
-            out.append((method, {**ssl, **e2e, "backbone_lr_scale": rate}))
+            for head in plan.get("ssl_heads", ["full"]):
+                out.append((method, {**ssl, **e2e, "head": head, "backbone_lr_scale": rate}))
     if plan["rows"]["baselines"]:
         out.append(("random-init", {**arch, **probe, "init": "random"}))
         out.append(("supervised", {**arch, **e2e, "init": "scratch"}))
@@ -598,8 +607,8 @@ def row_label(row: dict, header: dict, default_epochs: int | None) -> str:
     method = row["method"]
     baseline = method in BASELINES
     label = method
-    if not baseline and row.get("head") == "full":
-        label += " + full fine-tune"
+    if not baseline and row.get("head") in FINETUNE_ROW_NAMES:
+        label += FINETUNE_ROW_NAMES[row["head"]]
     epochs = header.get("pretrain_epochs")
     if not baseline and default_epochs is not None and epochs != default_epochs:
         label += f", {epochs} epochs"
@@ -612,7 +621,9 @@ def _order(row: dict, epochs: int | None) -> tuple:
     return (
         base in BASELINES,
         names.index(base) if base in names else len(names),
-        row.get("head") == "full",
+        tuple(FINETUNE_ROW_NAMES).index(row["head"])
+        if row.get("head") in FINETUNE_ROW_NAMES
+        else -1,
         epochs or 0,
     )
 

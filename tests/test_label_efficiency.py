@@ -16,6 +16,7 @@ import label_efficiency as le  # noqa: E402
 from deeplense_ssl import finetuning  # noqa: E402
 from deeplense_ssl.config import FinetuneConfig  # noqa: E402
 from deeplense_ssl.finetuning import learning_rates  # noqa: E402
+from deeplense_ssl.heads import BACKBONE_TRAINING_HEADS  # noqa: E402
 from deeplense_ssl.methods import METHOD_NAMES  # noqa: E402
 
 
@@ -126,6 +127,23 @@ def test_the_ssl_full_run_folder_follows_the_backbone_rate(tmp_path, monkeypatch
     opt = _plan("--models", "model_ii", "--methods", "simclr", "--seeds", "0", "--fractions", "1",
                 "--finetune-option", "backbone_lr_scale=0.25")  # fmt: skip
     assert full_runs(opt)["pretrained"].backbone_lr_scale == 0.25
+
+
+def test_ssl_heads_add_an_lp_ft_row_beside_the_full_fine_tune(tmp_path):
+    plan = _plan("--models", "model_ii", "--methods", "simclr", "--seeds", "0", "--fractions",
+                 "1", "--ssl-heads", "full", "lp-ft")  # fmt: skip
+    steps = le.plan_model(plan, "model_ii", tmp_path, "cpu")
+    tuned = {c.head: c for k, _, c in steps if k == "finetune" and c.init == "pretrained"}
+    assert set(tuned) == {"linear", "full", "lp-ft"}
+    assert tuned["lp-ft"].out != tuned["full"].out and "-lp-ft-" in tuned["lp-ft"].out
+    assert tuned["lp-ft"].backbone_lr_scale == tuned["full"].backbone_lr_scale
+    # the default plans no LP-FT run (the benchmark's run folders stay as they were)
+    default = _plan("--models", "model_ii", "--methods", "simclr", "--seeds", "0")
+    heads = {c.head for k, _, c in le.plan_model(default, "model_ii", tmp_path, "cpu")
+             if k == "finetune"}  # fmt: skip
+    assert heads == {"linear", "full"}
+    assert set(le.FINETUNE_ROW_NAMES) == set(BACKBONE_TRAINING_HEADS)  # every head has a name
+    assert le.row_label({"method": "simclr", "head": "lp-ft"}, {}, None) == "simclr + LP-FT"
 
 
 def _finished_run(folder: Path, cfg: FinetuneConfig) -> Path:
