@@ -54,6 +54,7 @@ VARIANTS: dict[str, dict] = {
     # ablations of the default: each view ingredient alone, and NT-Xent's temperature
     "contrastive-blur-noise-only": {"method": "contrastive-blur", "blur_sigmas_px": [0.0]},
     "contrastive-blur-blur-only": {"method": "contrastive-blur", "noise_std": 0.0},
+    "contrastive-blur-t0.05": {"method": "contrastive-blur", "temperature": 0.05},
     "contrastive-blur-t0.2": {"method": "contrastive-blur", "temperature": 0.2},
     "contrastive-blur-t0.5": {"method": "contrastive-blur", "temperature": 0.5},
     "vicreg": {"method": "vicreg"},
