@@ -156,6 +156,9 @@ def test_lp_ft_fine_tunes_the_backbone_from_the_linear_probe(toy, tmp_path, monk
     assert steps == sorted(set(steps))  # the fine-tune's steps continue the probe's count
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["mode"] == "end_to_end" and resolved["optimizer_steps"] == steps[-1]
+    model, spec = load_finetuned(run)  # a plain backbone + linear head, as the full fine-tune's
+    assert spec["head_kind"] == "linear" and isinstance(model.head, LinearHead)
+    assert _same_state(model.head.state_dict(), saved["head_state"])
     for init, flag in (("random", "--from-scratch"), ("scratch", "--head full")):
         with pytest.raises(ConfigError, match=flag):
             finetune(_cfg(toy, tmp_path / init, init=init, head="lp-ft"), progress=False)
