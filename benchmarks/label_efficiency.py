@@ -341,7 +341,7 @@ def finetune_variants(
         out.append((method, {**ssl, **probe}))
         if plan["rows"]["full_finetune"]:  # the backbone rate named: a new default, new runs
             rate = plan["finetune_options"].get("backbone_lr_scale", DEFAULT_BACKBONE_LR_SCALE)
-            for head in plan.get("ssl_heads", ["full"]):
+            for head in plan["ssl_heads"]:
                 out.append((method, {**ssl, **e2e, "head": head, "backbone_lr_scale": rate}))
     if plan["rows"]["baselines"]:
         out.append(("random-init", {**arch, **probe, "init": "random"}))
