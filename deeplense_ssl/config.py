@@ -40,7 +40,7 @@ from .attribution import METHODS as ATTRIBUTION_METHODS
 from .backbones import BACKBONES, STEMS
 from .cleaning import NAN_POLICIES, NORMALIZATIONS
 from .errors import ConfigError
-from .heads import CLASSIFIER_HEADS
+from .heads import BACKBONE_TRAINING_HEADS, CLASSIFIER_HEADS
 from .methods import METHOD_NAMES as METHODS
 from .methods import get_method
 from .optim import OPTIMIZERS
@@ -436,7 +436,9 @@ class FinetuneConfig(DataOptions):
     log_uri: str | None = None  # tensorboard: event folder; mlflow: tracking URI (None: in --out)
 
     def validate(self) -> None:
-        """Check the fields, then the data path and that a pretrained init has a checkpoint."""
+        """Check the fields, the data path, that a pretrained init has a checkpoint, and that
+        the head can train from the init (a frozen random backbone is never trained; LP-FT
+        starts from a pretrained one)."""
         check_fields(self)
         if not self.data:
             raise ConfigError("finetune needs --data.")
@@ -445,6 +447,13 @@ class FinetuneConfig(DataOptions):
                 "finetune needs --checkpoint RUN_DIR (a pretrain run), or --from-scratch / "
                 "--random-init for the baselines."
             )
+        if self.init == "random" and self.head in BACKBONE_TRAINING_HEADS:
+            raise ConfigError(
+                f"--random-init keeps the random backbone frozen; with --head {self.head} use "
+                "--from-scratch."
+            )
+        if self.init == "scratch" and self.head == "lp-ft":
+            raise ConfigError("--head lp-ft starts from a pretrained backbone; use --head full.")
 
 
 @dataclass

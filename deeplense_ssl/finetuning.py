@@ -1060,20 +1060,14 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         The run folder ``cfg.out``.
 
     Raises:
-        ConfigError: an impossible mode (``--random-init`` with ``--head full``).
+        ConfigError: an impossible mode (``--random-init`` with ``--head full``;
+            :meth:`FinetuneConfig.validate`).
         CheckpointError: unusable pretrain run; backbone channels differ from the data's;
             ``cfg.out`` holds something else than a finetune run (an existing finetune run is
             replaced whole at the end, :func:`deeplense_ssl.runs.staged_run_folder`).
         DataError: unreadable data, or fewer than two classes.
     """
     cfg.validate()
-    if cfg.init == "random" and cfg.head in BACKBONE_TRAINING_HEADS:
-        raise ConfigError(
-            f"--random-init keeps the random backbone frozen; with --head {cfg.head} use "
-            "--from-scratch."
-        )
-    if cfg.init == "scratch" and cfg.head == "lp-ft":
-        raise ConfigError("--head lp-ft starts from a pretrained backbone; use --head full.")
     check_replaceable(cfg.out, FINETUNE_KIND)  # a wrong --out fails now, not after training
     require_tracker(cfg.log)  # so does a missing `track` extra
     device = resolve_device(cfg.device)

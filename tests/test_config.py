@@ -75,6 +75,27 @@ def test_finetune_needs_checkpoint_unless_baseline():
         )
 
 
+@pytest.mark.parametrize(
+    "init, head, pattern",
+    [
+        ("random", "full", "--random-init keeps the random backbone frozen"),
+        ("random", "lp-ft", "--random-init keeps the random backbone frozen"),
+        ("scratch", "lp-ft", "--head lp-ft starts from a pretrained backbone"),
+    ],
+)
+def test_finetune_refuses_a_head_its_init_cannot_train_while_loading_the_config(
+    init, head, pattern, tmp_path
+):
+    # caught where the config is read (a YAML file here), before any data or checkpoint is
+    # opened: "x" does not exist
+    path = tmp_path / "ft.yaml"
+    path.write_text(f"data: x\ninit: {init}\nhead: {head}\n")
+    with pytest.raises(ConfigError, match=pattern):
+        config_from_sources(FinetuneConfig, path, {})
+    ok = {"random": "linear", "scratch": "full"}[init]
+    assert config_from_sources(FinetuneConfig, None, {"data": "x", "init": init, "head": ok})
+
+
 def test_config_round_trips_through_dict():
     cfg = config_from_sources(PretrainConfig, None, {"data": "x", "blur_sigmas_px": [0.0, 2.0]})
     again = config_from_sources(PretrainConfig, None, config_to_dict(cfg))
