@@ -477,8 +477,12 @@ def run_model(
                 took = round(time.perf_counter() - t0)
             else:
                 took = None  # finished earlier
+            # the precision it trained in (amp "auto" resolves per machine: bf16 on CPUs with
+            # native bf16 since this was recorded; a reused older run says "off")
+            used = json.loads((Path(cfg.out) / "config.json").read_text())["resolved"]["amp"]
             pretrain_log.append({"model": model, "method": name, "seed": cfg.seed,
-                                 "run": Path(cfg.out).name, "seconds": took})  # fmt: skip
+                                 "run": Path(cfg.out).name, "seconds": took,
+                                 "amp": used})  # fmt: skip
             continue
         row = {
             "model": model,

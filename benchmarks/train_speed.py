@@ -9,13 +9,16 @@ The contenders:
 
 * ``ours``: ``method="simclr"``, ``augment="cifar"`` (crop 0.08-1, flip, colour jitter
   0.4/0.4/0.4/0.1 p=0.8, grayscale p=0.2), NT-Xent tau 0.5, projection 512-512-128, SGD,
-  channels-last, bf16 autocast on CUDA; one network call per step that passes each view
-  separately (``methods.base.chunked``).
+  channels-last, the default ``amp`` (bf16 autocast on CUDA and on CPUs with native bf16, see
+  ``runtime.resolve_amp_dtype``); one network call per step that passes each view separately
+  (``methods.base.chunked``).
 * ``ours-nchw``: the same without channels-last (to measure that choice).
+* ``ours-fp32``: the same in float32 (``amp="off"``, to measure the bf16 choice).
 * ``lightly`` (the ``bench`` extra): ``lightly.transforms.SimCLRTransform(input_size,
   gaussian_blur=0)`` (the same CIFAR recipe, per-sample PIL ops) in a ``DataLoader``
   (``--lightly-workers``), ``SimCLRProjectionHead(512, 512, 128)``, ``lightly.loss.NTXentLoss``
-  (tau 0.5), SGD, the same backbone (``build_backbone``), channels-last and autocast. The float
+  (tau 0.5), SGD, the same backbone (``build_backbone``), channels-last and the same autocast as
+  ours. The float
   images are converted to uint8 PIL images *before* timing (lightly needs PIL), which favours
   lightly. Two forward passes per step (``z0 = model(x0)``, ``z1 = model(x1)``) as in lightly's
   examples.
@@ -121,7 +124,11 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 
 def _ours_cfg(
-    args: argparse.Namespace, out: str, channels_last: bool = True, prefetch: int | None = None
+    args: argparse.Namespace,
+    out: str,
+    channels_last: bool = True,
+    prefetch: int | None = None,
+    amp: str = "auto",
 ):
     from deeplense_ssl.config import PretrainConfig
 
@@ -142,13 +149,17 @@ def _ours_cfg(
         device=args.device,
         checkpoint_every_steps=10**9,
         channels_last=channels_last,
+        amp=amp,
         normalize="none",
         seed=0,
     )
 
 
 def run_ours(
-    args: argparse.Namespace, channels_last: bool = True, prefetch: int | None = None
+    args: argparse.Namespace,
+    channels_last: bool = True,
+    prefetch: int | None = None,
+    amp: str = "auto",
 ) -> dict:
     """One timed epoch of ``deeplense_ssl.training.pretrain`` (after a 1-step warm-up run)."""
     from deeplense_ssl.runtime import resolve_device
@@ -157,7 +168,7 @@ def run_ours(
     device = resolve_device(args.device)
     images = make_images(args.n, args.chans, args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _ours_cfg(args, f"{tmp}/warm", channels_last, prefetch)
+        cfg = _ours_cfg(args, f"{tmp}/warm", channels_last, prefetch, amp)
         cfg = dataclasses.replace(cfg, max_steps=1)
         pretrain(cfg, progress=False, dataset=images)
         _sync(device, reset_peak=True)
@@ -273,7 +284,7 @@ def lightly_stepper(args: argparse.Namespace) -> Callable[[], int]:
     from torch import nn
 
     from deeplense_ssl.backbones import build_backbone
-    from deeplense_ssl.runtime import resolve_device
+    from deeplense_ssl.runtime import resolve_amp_dtype, resolve_device
 
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -298,7 +309,7 @@ def lightly_stepper(args: argparse.Namespace) -> Callable[[], int]:
     model.to(device=device, memory_format=torch.channels_last)
     criterion = NTXentLoss(temperature=0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.3 * args.batch / 256, momentum=0.9)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = resolve_amp_dtype("auto", device)  # the precision ours picks on this device
     state = {"it": iter(loader)}
 
     def step() -> int:
@@ -345,12 +356,14 @@ def _sync(device: torch.device, reset_peak: bool = False) -> None:
 
 
 def _stepper(args: argparse.Namespace, name: str) -> Callable[[], int]:
-    """``ours``, ``ours-nchw``, ``lightly``, a method name of ours, or ``dino-2views`` (DINO
-    with its two global views only, to separate the multi-crop cost)."""
+    """``ours``, ``ours-nchw``, ``ours-fp32``, ``lightly``, a method name of ours, or
+    ``dino-2views`` (DINO with its two global views only, to separate the multi-crop cost)."""
     if name == "ours":
         return ours_stepper(args)
     if name == "ours-nchw":
         return ours_stepper(args, channels_last=False)
+    if name == "ours-fp32":
+        return ours_stepper(args, amp="off")
     if name == "lightly":
         return lightly_stepper(args)
     if name == "dino-2views":
@@ -443,9 +456,10 @@ def main(argv: list[str] | None = None) -> None:
         default="ours,lightly",
         choices=[",".join(pair) for pair in PAIRS],
         help="the pair to compare (ours: the package defaults; ours-nchw: without "
-        "channels-last; ours-noprefetch / ours-prefetch: the background batch producer off / "
-        "2 batches ahead; file-memory / file-stream: pretrain on "
-        "--data-file loaded or streamed under --memory-gb; the last three in phase 2 only)",
+        "channels-last; ours-fp32: float32 instead of the default autocast; ours-noprefetch / "
+        "ours-prefetch: the background batch producer off / 2 batches ahead; file-memory / "
+        "file-stream: pretrain on --data-file loaded or streamed under --memory-gb; the last "
+        "three in phase 2 only)",
     )
     parser.add_argument("--contender", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--data-file", default=None, help="HDF5 for the file-* contenders")
@@ -469,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     names = args.contenders.split(",")
     base, other = names
-    if not {"ours", "lightly"} >= set(names) and names != ["ours", "ours-nchw"]:
+    if not {"ours", "lightly"} >= set(names) and names[1] not in ("ours-nchw", "ours-fp32"):
         args.steps = 0  # whole runs only: the producer and the data path are not in a step
     if names[0].startswith("file-"):
         if not args.data_file:
@@ -565,6 +579,7 @@ def method_table(args: argparse.Namespace) -> None:
 CONTENDERS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "ours": run_ours,
     "ours-nchw": lambda a: run_ours(a, channels_last=False),
+    "ours-fp32": lambda a: run_ours(a, amp="off"),
     "ours-noprefetch": lambda a: run_ours(a, prefetch=0),
     "ours-prefetch": lambda a: run_ours(a, prefetch=2),
     "lightly": run_lightly,
@@ -577,6 +592,7 @@ CONTENDERS: dict[str, Callable[[argparse.Namespace], dict]] = {
 PAIRS = [
     ("ours", "lightly"),
     ("ours", "ours-nchw"),
+    ("ours", "ours-fp32"),
     ("ours", "ours-noprefetch"),
     ("ours", "ours-prefetch"),
     ("file-memory", "file-stream"),

@@ -49,11 +49,21 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles); without either,
+    bf16 autocast is emulated and slower than float32."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
 def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of an :data:`AMP_MODES` name on ``device`` (None: full precision).
 
     ``auto``: bf16 on a GPU that has it natively (Ampere and later), fp16 with loss scaling on
-    older GPUs (bf16 would be emulated there, slowly), full precision on the CPU.
+    older GPUs (bf16 would be emulated there, slowly); on the CPU bf16 where it is native
+    (:func:`cpu_has_native_bf16`: about 1.8x the images per second of float32 for a ResNet-18
+    on 64 px, with the same probe quality, benchmarks/RESULTS.md), else full precision.
 
     Raises:
         ConfigError: ``amp`` is not one of :data:`AMP_MODES`.
@@ -62,7 +72,7 @@ def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"amp={amp!r} is not one of {', '.join(AMP_MODES)}.")
     if amp == "auto":
         if device.type != "cuda":
-            return None
+            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
         native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return torch.bfloat16 if native_bf16 else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]

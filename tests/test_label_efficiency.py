@@ -18,6 +18,7 @@ from deeplense_ssl.config import FinetuneConfig  # noqa: E402
 from deeplense_ssl.finetuning import learning_rates  # noqa: E402
 from deeplense_ssl.heads import BACKBONE_TRAINING_HEADS  # noqa: E402
 from deeplense_ssl.methods import METHOD_NAMES  # noqa: E402
+from deeplense_ssl.runtime import cpu_has_native_bf16  # noqa: E402
 
 
 def _plan(*argv: str):
@@ -229,6 +230,8 @@ def test_tiny_benchmark_runs_every_row_and_counts_its_labels(tmp_path, monkeypat
         assert r["model_selection"] == "fixed-schedule" and r["optimizer_steps"] >= 3
     assert "simclr + full fine-tune" in (tmp_path / "le.md").read_text()
     assert result["pretrain"][0]["seconds"] is not None
+    # the precision the pretraining used: amp "auto" resolved on this CPU
+    assert result["pretrain"][0]["amp"] == ("bfloat16" if cpu_has_native_bf16() else "off")
 
     # run again: the finished runs are not trained or scored again, and the rows are the same
     def no_more(*_args, **_kwargs):

@@ -54,7 +54,10 @@ def test_amp_modes_map_to_autocast_dtypes(monkeypatch) -> None:
     for mode, dtype in expected.items():
         assert runtime.resolve_amp_dtype(mode, cpu) is dtype
         assert runtime.resolve_amp_dtype(mode, gpu) is dtype
-    assert runtime.resolve_amp_dtype("auto", cpu) is None  # full precision on the CPU
+    for native, dtype in ((True, torch.bfloat16), (False, None)):  # CPU: bf16 only if native
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda n=native: n)
+        assert runtime.resolve_amp_dtype("auto", cpu) is dtype
+    assert runtime.resolve_amp_dtype("auto", torch.device("meta")) is None
     for native, dtype in ((True, torch.bfloat16), (False, torch.float16)):
         monkeypatch.setattr(
             torch.cuda, "is_bf16_supported", lambda including_emulation, n=native: n
@@ -63,6 +66,17 @@ def test_amp_modes_map_to_autocast_dtypes(monkeypatch) -> None:
     assert set(runtime.AMP_MODES) == {"auto", *expected}
     with pytest.raises(ConfigError, match="amp='fp8' is not one of auto, bf16, fp16, off"):
         runtime.resolve_amp_dtype("fp8", cpu)
+
+
+def test_native_bf16_is_read_from_the_cpu_capabilities(monkeypatch) -> None:
+    cases = ((True, False, True), (False, True, True), (False, False, False))
+    for avx512_bf16, amx, native in cases:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert runtime.cpu_has_native_bf16() is native
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # an older torch: no probe
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert runtime.cpu_has_native_bf16() is False
 
 
 def test_every_listed_device_resolves(monkeypatch) -> None:

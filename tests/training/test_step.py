@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from deeplense_ssl import runtime
 from deeplense_ssl.runtime import resolve_amp_dtype
 from deeplense_ssl.training.step import to_channels_last
 
@@ -10,7 +11,8 @@ from deeplense_ssl.training.step import to_channels_last
 @pytest.mark.parametrize(
     ("amp", "device", "native_bf16", "expected"),
     [
-        ("auto", "cpu", True, None),
+        ("auto", "cpu", True, torch.bfloat16),  # AVX512-BF16 / AMX
+        ("auto", "cpu", False, None),  # emulated bf16 would be slower than float32
         ("auto", "cuda", True, torch.bfloat16),
         ("auto", "cuda", False, torch.float16),  # pre-Ampere: emulated bf16 would be slow
         ("bf16", "cuda", False, torch.bfloat16),  # an explicit choice is kept
@@ -21,6 +23,7 @@ def test_amp_auto_picks_native_precision(monkeypatch, amp, device, native_bf16, 
     monkeypatch.setattr(
         torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16
     )
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
     assert resolve_amp_dtype(amp, torch.device(device)) == expected
 
 
