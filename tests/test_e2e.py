@@ -79,3 +79,16 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     run_demo(tmp_path, device="cpu", plan=plan, progress=False, log=logs.append)
     assert any("skipping pretraining" in line for line in logs)
     assert (pre / "backbone.pt").stat().st_mtime_ns == stamp
+
+
+def test_the_cpu_demo_pretrains_longer_where_bf16_is_native(monkeypatch):
+    from deeplense_ssl import demo, runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    slow = demo.plan_for("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    fast = demo.plan_for("cpu")
+    # only the pretraining budget changes: the data and the fine-tunes stay the same
+    assert (slow.pretrain_epochs, fast.pretrain_epochs) == (6, 10)
+    assert {**vars(slow), "pretrain_epochs": 10} == vars(fast)
+    assert demo.plan_for("cpu", quick=True).pretrain_epochs == 1
