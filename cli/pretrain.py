@@ -116,7 +116,8 @@ def _method_help() -> str:
 @field_option(
     C,
     "amp",
-    help="Mixed precision; auto: bf16 on GPUs with native bf16, else fp16 (scaled); off on CPU.",
+    help="Mixed precision; auto: bf16 on GPUs with native bf16, else fp16 (scaled); on the "
+    "CPU bf16 where it is native (AVX512-BF16 / AMX), else off (float32).",
 )
 @field_option(C, "channels_last")
 @field_option(C, "compile", help="torch.compile the model.")
