@@ -57,7 +57,7 @@ VARIANTS: dict[str, dict] = {
     "contrastive-blur-t0.05": {"method": "contrastive-blur", "temperature": 0.05},
     "contrastive-blur-t0.2": {"method": "contrastive-blur", "temperature": 0.2},
     "contrastive-blur-t0.5": {"method": "contrastive-blur", "temperature": 0.5},
-    # the default in bf16 autocast (CPUs with native bf16: ~1.8x the images per second)
+    # the default in bf16 autocast (CPUs with native bf16: ~1.9x the images per second)
     "contrastive-blur-bf16": {"method": "contrastive-blur", "amp": "bf16"},
     "vicreg": {"method": "vicreg"},
     "barlow-twins": {"method": "barlow-twins"},

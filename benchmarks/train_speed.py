@@ -18,10 +18,9 @@ The contenders:
   gaussian_blur=0)`` (the same CIFAR recipe, per-sample PIL ops) in a ``DataLoader``
   (``--lightly-workers``), ``SimCLRProjectionHead(512, 512, 128)``, ``lightly.loss.NTXentLoss``
   (tau 0.5), SGD, the same backbone (``build_backbone``), channels-last and the same autocast as
-  ours. The float
-  images are converted to uint8 PIL images *before* timing (lightly needs PIL), which favours
-  lightly. Two forward passes per step (``z0 = model(x0)``, ``z1 = model(x1)``) as in lightly's
-  examples.
+  ours. The float images are converted to uint8 PIL images *before* timing (lightly needs PIL),
+  which favours lightly. Two forward passes per step (``z0 = model(x0)``, ``z1 = model(x1)``)
+  as in lightly's examples.
 
 Two phases, both alternating the contenders so that a shared machine's changing load hits both:
 

@@ -62,7 +62,7 @@ def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
     ``auto``: bf16 on a GPU that has it natively (Ampere and later), fp16 with loss scaling on
     older GPUs (bf16 would be emulated there, slowly); on the CPU bf16 where it is native
-    (:func:`cpu_has_native_bf16`: about 1.8x the images per second of float32 for a ResNet-18
+    (:func:`cpu_has_native_bf16`: about 1.9x the images per second of float32 for a ResNet-18
     on 64 px, with the same probe quality, benchmarks/RESULTS.md), else full precision.
 
     Raises:
