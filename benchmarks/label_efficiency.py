@@ -84,6 +84,7 @@ from deeplense_ssl.finetuning import finetune, learning_rates
 from deeplense_ssl.heads import BACKBONE_TRAINING_HEADS
 from deeplense_ssl.io import write_text_atomic
 from deeplense_ssl.methods import METHOD_NAMES
+from deeplense_ssl.runs import read_run_config
 from deeplense_ssl.simulate import simulate_dataset
 from deeplense_ssl.training import pretrain
 
@@ -479,7 +480,7 @@ def run_model(
                 took = None  # finished earlier
             # the precision it trained in (amp "auto" resolves per machine: bf16 on CPUs with
             # native bf16 since this was recorded; a reused older run says "off")
-            used = json.loads((Path(cfg.out) / "config.json").read_text())["resolved"]["amp"]
+            used = read_run_config(cfg.out)["resolved"]["amp"]
             pretrain_log.append({"model": model, "method": name, "seed": cfg.seed,
                                  "run": Path(cfg.out).name, "seconds": took,
                                  "amp": used})  # fmt: skip
