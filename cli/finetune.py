@@ -8,6 +8,7 @@ from deeplense_ssl.config import FinetuneConfig, config_from_sources
 
 from .options import (
     allow_pickle_option,
+    amp_option,
     config_option,
     data_mode_options,
     device_option,
@@ -110,6 +111,7 @@ C = FinetuneConfig
 @allow_pickle_option(C)
 @seed_option(C)
 @device_option(C)
+@amp_option(C)
 @config_option
 def command(config_path: str | None, from_scratch: bool, random_init: bool, **params) -> None:
     """Fine-tune a classifier (or a baseline) and write a run folder."""

@@ -121,6 +121,16 @@ def device_option(cls: type) -> Decorator:
     return field_option(cls, "device", help="Where to compute; auto picks CUDA when available.")
 
 
+def amp_option(cls: type) -> Decorator:
+    """``--amp``: mixed precision (:data:`deeplense_ssl.runtime.AMP_MODES`)."""
+    return field_option(
+        cls,
+        "amp",
+        help="Mixed precision; auto: bf16 on GPUs with native bf16, else fp16 (scaled); on the "
+        "CPU bf16 where it is native (AVX512-BF16 / AMX), else off (float32).",
+    )
+
+
 def allow_pickle_option(cls: type) -> Decorator:
     """``--allow-pickle`` of ``cls``."""
     return field_option(

@@ -16,6 +16,7 @@ from deeplense_ssl.methods import METHOD_NAMES, get_method
 
 from .options import (
     allow_pickle_option,
+    amp_option,
     config_option,
     data_mode_options,
     device_option,
@@ -113,12 +114,7 @@ def _method_help() -> str:
 @field_option(C, "local_view_size", help="dino: side of the local views (default: half).")
 @field_option(C, "dino_out_dim", help="dino: number of prototypes K.")
 @field_option(C, "teacher_temperature", help="dino: teacher softmax temperature.")
-@field_option(
-    C,
-    "amp",
-    help="Mixed precision; auto: bf16 on GPUs with native bf16, else fp16 (scaled); on the "
-    "CPU bf16 where it is native (AVX512-BF16 / AMX), else off (float32).",
-)
+@amp_option(C)
 @field_option(C, "channels_last")
 @field_option(C, "compile", help="torch.compile the model.")
 @field_option(C, "checkpoint_every_steps")

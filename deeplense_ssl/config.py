@@ -431,6 +431,9 @@ class FinetuneConfig(DataOptions):
     max_memory_gb: float | None = _field(None, gt=0)
     seed: int = _seed()
     device: str = _field("auto", choices=DEVICES)
+    # autocast of the backbone's forward passes (training, features, validation), as pretrain's
+    # `amp`. off (float32) by default: every benchmarks/RESULTS.md table fine-tuned in float32
+    amp: str = _field("off", choices=AMP_MODES)
     # experiment tracking of metrics.jsonl, the config and the final metrics (extra `track`)
     log: str = _field("none", choices=TRACKERS)
     log_uri: str | None = None  # tensorboard: event folder; mlflow: tracking URI (None: in --out)

@@ -87,7 +87,7 @@ from .runs import (
     write_json,
     write_jsonl,
 )
-from .runtime import resolve_device, seed_everything
+from .runtime import amp_name, autocast, resolve_amp_dtype, resolve_device, seed_everything
 from .streaming import (
     CleanOptions,
     RowImages,
@@ -417,8 +417,13 @@ def _end_to_end_epoch(
     generator: torch.Generator,
     device: torch.device | str,
     prefetch: int | None = None,
+    amp: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int, int]:
     """One pass of backbone + head over the shuffled images; returns (loss sum, correct, seen).
+
+    The forward pass runs under autocast to ``amp`` (None: float32), the loss in float32;
+    ``scaler`` scales the loss of float16 steps (:func:`train_end_to_end` makes it).
 
     The batches (index gather and copy to ``device``) are made ``prefetch`` batches ahead by
     a background thread (:class:`~deeplense_ssl.training.data.Prefetcher`; 0: inline; None:
@@ -440,11 +445,17 @@ def _end_to_end_epoch(
         for x, y in feed:
             if augment:
                 x = random_dihedral(x, generator=generator)
-            logits = model(x)
+            with autocast(target, amp):
+                logits = model(x).float()
             loss = nn.functional.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             sched.step()
             total += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
@@ -483,6 +494,7 @@ def train_end_to_end(
     progress: bool = False,
     min_steps: int = 0,
     prefetch: int | None = None,
+    amp: torch.dtype | None = None,
 ) -> tuple[list[dict], dict]:
     """Train backbone and head together (full fine-tune or supervised from scratch).
 
@@ -498,6 +510,8 @@ def train_end_to_end(
         min_steps: train at least this many optimiser steps (:func:`budget_epochs`).
         prefetch: batches made ahead by a background thread (0: inline; None: only on CUDA;
             the same weights either way).
+        amp: autocast dtype of the forward passes (training and validation; float16 with
+            loss scaling), or None for float32 (:func:`deeplense_ssl.runtime.resolve_amp_dtype`).
 
     Returns:
         ``(history, best)`` as :func:`train_probe`.
@@ -507,6 +521,8 @@ def train_end_to_end(
     epochs = budget_epochs(epochs, per_epoch, min_steps)
     model.to(device)
     opt, sched = _two_rate_adamw(model, lr, backbone_lr, weight_decay, epochs * per_epoch)
+    fp16 = amp == torch.float16
+    scaler = torch.amp.GradScaler(torch.device(device).type) if fp16 else None
     history: list[dict] = []
     best: dict | None = None
     best_state: dict | None = None
@@ -524,6 +540,8 @@ def train_end_to_end(
             generator=generator,
             device=device,
             prefetch=prefetch,
+            amp=amp,
+            scaler=scaler,
         )
         row = {
             "epoch": epoch,
@@ -534,7 +552,8 @@ def train_end_to_end(
             "backbone_lr": opt.param_groups[0]["lr"],
         }
         if val_images is not None and val_labels is not None:  # i.e. not fixed
-            val_logits = predict_logits(model, val_images, batch_size=batch_size, device=device)
+            with autocast(device, amp):
+                val_logits = predict_logits(model, val_images, batch_size=batch_size, device=device)
             row.update(_val_metrics(val_logits, val_labels, class_names))
         history.append(row)
         best, best_state = _keep(row, best, best_state, model, fixed)
@@ -696,7 +715,8 @@ def _fit_probe(
     device: torch.device,
     progress: bool,
 ) -> tuple[list[dict], dict, torch.Tensor]:
-    """Cache frozen features (dihedral copies too, if asked) and train the head on them.
+    """Cache frozen features (dihedral copies too, if asked; under ``cfg.amp``'s autocast,
+    stored in float32) and train the head on them (float32).
 
     Returns:
         ``(history, best, train_emb)`` with ``train_emb`` the (N_labelled, D) CPU features of
@@ -704,26 +724,27 @@ def _fit_probe(
     """
     backbone = model.backbone
     backbone.to(device)
-    tr = embed(
-        backbone,
-        data.images[data.labelled],
-        device,
-        cfg.batch_size,
-        dihedral=cfg.feature_dihedral,
-        progress=progress,
-        desc="train features",
-    ).cpu()
-    va, va_y = None, None
-    if data.model_selection == "val":
-        va = embed(
+    with autocast(device, resolve_amp_dtype(cfg.amp, device)):
+        tr = embed(
             backbone,
-            data.images[data.val_idx],
+            data.images[data.labelled],
             device,
             cfg.batch_size,
+            dihedral=cfg.feature_dihedral,
             progress=progress,
-            desc="val features",
+            desc="train features",
         ).cpu()
-        va_y = torch.as_tensor(data.labels[data.val_idx])
+        va, va_y = None, None
+        if data.model_selection == "val":
+            va = embed(
+                backbone,
+                data.images[data.val_idx],
+                device,
+                cfg.batch_size,
+                progress=progress,
+                desc="val features",
+            ).cpu()
+            va_y = torch.as_tensor(data.labels[data.val_idx])
     backbone.cpu()
     y_train = torch.as_tensor(data.labels[data.labelled])
     if cfg.feature_dihedral:
@@ -760,7 +781,8 @@ def _fit_end_to_end(
     device: torch.device,
     progress: bool,
 ) -> tuple[list[dict], dict]:
-    """Train backbone and head on the labelled images (full fine-tune / from scratch)."""
+    """Train backbone and head on the labelled images (full fine-tune / from scratch), under
+    ``cfg.amp``'s autocast."""
     val = data.model_selection == "val"
     return train_end_to_end(
         model,
@@ -779,6 +801,7 @@ def _fit_end_to_end(
         device=device,
         progress=progress,
         min_steps=cfg.min_steps,
+        amp=resolve_amp_dtype(cfg.amp, device),
     )
 
 
@@ -831,14 +854,15 @@ def _train_embeddings(
         keep = np.arange(len(labelled))
     if probe_emb is None:
         model.to(device)
-        emb = embed(
-            model.backbone,
-            data.images[labelled[keep]],
-            device,
-            cfg.batch_size,
-            progress=progress,
-            desc="train embeddings",
-        ).cpu()
+        with autocast(device, resolve_amp_dtype(cfg.amp, device)):
+            emb = embed(
+                model.backbone,
+                data.images[labelled[keep]],
+                device,
+                cfg.batch_size,
+                progress=progress,
+                desc="train embeddings",
+            ).cpu()
         model.cpu()
     else:
         emb = probe_emb[torch.as_tensor(keep)]
@@ -1099,6 +1123,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         "normalize": data.normalize,
         "image_size": data.image_size,
         "device": str(device),
+        "amp": amp_name(resolve_amp_dtype(cfg.amp, device)),
         **_budget_record(cfg, data, history),
     }
     run_config = _run_config(cfg, info, data, spec, resolved)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -76,6 +77,18 @@ def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return torch.bfloat16 if native_bf16 else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def amp_name(dtype: torch.dtype | None) -> str:
+    """How a run records its autocast dtype: ``bfloat16`` / ``float16``, or ``off``."""
+    return str(dtype).removeprefix("torch.") if dtype is not None else "off"
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op context for ``None``."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -23,9 +23,10 @@ from deeplense_ssl.transforms import random_dihedral
 
 def _inline_epoch(
     model, train_images, train_labels, perm, opt, sched, *, batch_size, augment, generator,
-    device, prefetch=0,
+    device, prefetch=0, amp=None, scaler=None,
 ):  # fmt: skip
-    """The loop as it was before the prefetcher (verbatim): the reference."""
+    """The loop as it was before the prefetcher (verbatim; float32 only): the reference."""
+    assert amp is None and scaler is None
     model.train()
     total, correct, seen = 0.0, 0, 0
     for start in range(0, len(perm), batch_size):

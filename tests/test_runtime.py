@@ -68,6 +68,16 @@ def test_amp_modes_map_to_autocast_dtypes(monkeypatch) -> None:
         runtime.resolve_amp_dtype("fp8", cpu)
 
 
+def test_autocast_context_and_the_recorded_name() -> None:
+    a = torch.randn(4, 4)
+    with runtime.autocast(torch.device("cpu"), torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16
+    with runtime.autocast("cpu", None):  # full precision: no autocast
+        assert (a @ a).dtype == torch.float32
+    names = [runtime.amp_name(d) for d in (torch.bfloat16, torch.float16, None)]
+    assert names == ["bfloat16", "float16", "off"]
+
+
 def test_native_bf16_is_read_from_the_cpu_capabilities(monkeypatch) -> None:
     cases = ((True, False, True), (False, True, True), (False, False, False))
     for avx512_bf16, amx, native in cases:

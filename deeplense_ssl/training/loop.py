@@ -57,7 +57,7 @@ from ..methods import Method, get_method
 from ..optim import build_optimizer, warmup_cosine
 from ..plots import plot_loss_curve
 from ..runs import BACKBONE_FILE, CHECKPOINT_FILE, METRICS_FILE, read_metrics, write_run_config
-from ..runtime import resolve_amp_dtype, resolve_device, seed_everything
+from ..runtime import amp_name, resolve_amp_dtype, resolve_device, seed_everything
 from ..streaming import StreamReader
 from ..tracking import Tracker, final_metrics, open_tracker, require_tracker
 from .data import (
@@ -218,7 +218,7 @@ def make_plan(cfg: PretrainConfig, info: DistInfo, data: TrainingData) -> Plan:
         "input_shape": [in_chans, size, size],
         "class_names": class_names,
         "device": info.device.type,
-        "amp": str(amp).removeprefix("torch.") if amp else "off",
+        "amp": amp_name(amp),
         FINGERPRINT_KEY: data.fingerprint,  # a resume on other data is refused
         "data_mode": data.mode,  # a resume keeps it (and the streaming order)
     }

@@ -3,13 +3,13 @@ autocast dtype comes from ``runtime.resolve_amp_dtype``)."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..methods import Method
+from ..runtime import autocast
 
 
 def to_channels_last(inputs: Any) -> Any:
@@ -55,9 +55,7 @@ def training_step(
     inputs, aux = method.make_inputs(x)
     if channels_last:
         inputs = to_channels_last(inputs)
-    device_type = x.device.type
-    autocast = torch.autocast(device_type, dtype=amp) if amp is not None else nullcontext()
-    with autocast:
+    with autocast(x.device, amp):
         outputs = net(inputs)
     loss = method.loss(outputs, aux)
     params = [p for p in method.parameters() if p.requires_grad]
