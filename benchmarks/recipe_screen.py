@@ -59,6 +59,14 @@ VARIANTS: dict[str, dict] = {
     "contrastive-blur-t0.5": {"method": "contrastive-blur", "temperature": 0.5},
     # the default in bf16 autocast (CPUs with native bf16: ~1.9x the images per second)
     "contrastive-blur-bf16": {"method": "contrastive-blur", "amp": "bf16"},
+    # the projector's size (default: 2 layers, 512 wide, 128 out), against the bf16 row above
+    "contrastive-blur-proj1": {"method": "contrastive-blur", "amp": "bf16", "proj_layers": 1},
+    "contrastive-blur-proj3-2048": {
+        "method": "contrastive-blur",
+        "amp": "bf16",
+        "proj_layers": 3,
+        "proj_hidden_dim": 2048,
+    },
     "vicreg": {"method": "vicreg"},
     "barlow-twins": {"method": "barlow-twins"},
     "byol": {"method": "byol"},
