@@ -39,6 +39,11 @@ Training budget: every run takes at least ``min_steps`` optimiser steps (the num
 raised until it does), so that a run with very few labels is not undertrained by construction;
 the cosine schedule spans all the steps actually taken.
 
+Precision (``amp``, the modes of :func:`deeplense_ssl.runtime.resolve_amp_dtype`): float32 by
+default; otherwise the backbone's forward passes (training, cached features, validation) run
+under autocast, while the weights, the loss and the head's training on cached features stay
+float32. ``config.json`` records the precision used (``resolved["amp"]``).
+
 :func:`finetune` runs the steps in order: resolve the backbone, load and check the data, split
 it, train (probe or end to end), embed the labelled images for kNN, describe and write the run
 folder (layout in :mod:`deeplense_ssl.runs`: ``config.json``, ``model.pt``, ``metrics.jsonl``,
@@ -521,8 +526,7 @@ def train_end_to_end(
     epochs = budget_epochs(epochs, per_epoch, min_steps)
     model.to(device)
     opt, sched = _two_rate_adamw(model, lr, backbone_lr, weight_decay, epochs * per_epoch)
-    fp16 = amp == torch.float16
-    scaler = torch.amp.GradScaler(torch.device(device).type) if fp16 else None
+    scaler = torch.amp.GradScaler(torch.device(device).type) if amp == torch.float16 else None
     history: list[dict] = []
     best: dict | None = None
     best_state: dict | None = None
