@@ -101,6 +101,7 @@ from .streaming import (
 )
 from .tracking import final_metrics, open_tracker, require_tracker
 from .training.data import Prefetcher, fetch
+from .training.step import backward_step
 from .transforms import random_dihedral
 
 MAX_TRAIN_EMBEDDINGS = 20000
@@ -454,18 +455,43 @@ def _end_to_end_epoch(
                 logits = model(x).float()
             loss = nn.functional.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            backward_step(loss, opt, scaler)
             sched.step()
             total += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
     return total, correct, seen
+
+
+def _end_to_end_row(
+    epoch: int, step: int, sums: tuple[float, int, int], opt: torch.optim.Optimizer
+) -> dict:
+    """The history row of an end-to-end epoch from :func:`_end_to_end_epoch`'s ``(loss sum,
+    correct, seen)``: mean training loss and accuracy, the head's and the backbone's rates."""
+    total, correct, seen = sums
+    return {
+        "epoch": epoch,
+        "step": step,
+        "train_loss": total / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+        "lr": opt.param_groups[1]["lr"],
+        "backbone_lr": opt.param_groups[0]["lr"],
+    }
+
+
+def _end_to_end_validation(
+    model: ClassifierModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    batch_size: int,
+    device: torch.device | str,
+    amp: torch.dtype | None,
+) -> dict:
+    """Validation metrics of the model (forward passes under autocast to ``amp``)."""
+    with autocast(device, amp):
+        logits = predict_logits(model, images, batch_size=batch_size, device=device)
+    return _val_metrics(logits, labels, class_names)
 
 
 def _two_rate_adamw(
@@ -532,7 +558,7 @@ def train_end_to_end(
     best_state: dict | None = None
     for epoch in tqdm(range(1, epochs + 1), desc="fine-tune", disable=not progress):
         perm = torch.randperm(len(train_images), generator=generator)
-        total, correct, seen = _end_to_end_epoch(
+        sums = _end_to_end_epoch(
             model,
             train_images,
             train_labels,
@@ -547,18 +573,10 @@ def train_end_to_end(
             amp=amp,
             scaler=scaler,
         )
-        row = {
-            "epoch": epoch,
-            "step": epoch * per_epoch,
-            "train_loss": total / max(seen, 1),
-            "train_acc": correct / max(seen, 1),
-            "lr": opt.param_groups[1]["lr"],
-            "backbone_lr": opt.param_groups[0]["lr"],
-        }
+        row = _end_to_end_row(epoch, epoch * per_epoch, sums, opt)
         if val_images is not None and val_labels is not None:  # i.e. not fixed
-            with autocast(device, amp):
-                val_logits = predict_logits(model, val_images, batch_size=batch_size, device=device)
-            row.update(_val_metrics(val_logits, val_labels, class_names))
+            val = (val_images, val_labels, class_names)
+            row.update(_end_to_end_validation(model, *val, batch_size, device, amp))
         history.append(row)
         best, best_state = _keep(row, best, best_state, model, fixed)
     if best_state is not None:
@@ -717,10 +735,11 @@ def _fit_probe(
     lr: float,
     generator: torch.Generator,
     device: torch.device,
+    amp: torch.dtype | None,
     progress: bool,
 ) -> tuple[list[dict], dict, torch.Tensor]:
-    """Cache frozen features (dihedral copies too, if asked; under ``cfg.amp``'s autocast,
-    stored in float32) and train the head on them (float32).
+    """Cache frozen features (dihedral copies too, if asked; under autocast to ``amp``, stored
+    in float32) and train the head on them (float32).
 
     Returns:
         ``(history, best, train_emb)`` with ``train_emb`` the (N_labelled, D) CPU features of
@@ -728,7 +747,7 @@ def _fit_probe(
     """
     backbone = model.backbone
     backbone.to(device)
-    with autocast(device, resolve_amp_dtype(cfg.amp, device)):
+    with autocast(device, amp):
         tr = embed(
             backbone,
             data.images[data.labelled],
@@ -783,10 +802,11 @@ def _fit_end_to_end(
     backbone_lr: float,
     generator: torch.Generator,
     device: torch.device,
+    amp: torch.dtype | None,
     progress: bool,
 ) -> tuple[list[dict], dict]:
     """Train backbone and head on the labelled images (full fine-tune / from scratch), under
-    ``cfg.amp``'s autocast."""
+    autocast to ``amp``."""
     val = data.model_selection == "val"
     return train_end_to_end(
         model,
@@ -805,7 +825,7 @@ def _fit_end_to_end(
         device=device,
         progress=progress,
         min_steps=cfg.min_steps,
-        amp=resolve_amp_dtype(cfg.amp, device),
+        amp=amp,
     )
 
 
@@ -816,6 +836,7 @@ def _fit_lp_ft(
     rates: dict[str, Any],
     generator: torch.Generator,
     device: torch.device,
+    amp: torch.dtype | None,
     progress: bool,
 ) -> tuple[list[dict], dict]:
     """LP-FT: the linear probe (its own model selection), then backbone + head from it.
@@ -823,9 +844,10 @@ def _fit_lp_ft(
     One history: the probe's epochs (``stage`` "probe") and then the fine-tune's, whose epochs
     and steps continue the count, so the run's ``optimizer_steps`` counts both stages.
     """
-    probe_history, _, _ = _fit_probe(cfg, model, data, rates["lr"], generator, device, progress)
+    lr, backbone_lr = rates["lr"], rates["backbone_lr"]
+    probe_history, _, _ = _fit_probe(cfg, model, data, lr, generator, device, amp, progress)
     history, best = _fit_end_to_end(
-        cfg, model, data, rates["lr"], rates["backbone_lr"], generator, device, progress
+        cfg, model, data, lr, backbone_lr, generator, device, amp, progress
     )
     last = probe_history[-1]
 
@@ -843,6 +865,7 @@ def _train_embeddings(
     data: FinetuneData,
     probe_emb: torch.Tensor | None,
     device: torch.device,
+    amp: torch.dtype | None,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of (at most :data:`MAX_TRAIN_EMBEDDINGS`) labelled images, for kNN evaluation.
@@ -858,7 +881,7 @@ def _train_embeddings(
         keep = np.arange(len(labelled))
     if probe_emb is None:
         model.to(device)
-        with autocast(device, resolve_amp_dtype(cfg.amp, device)):
+        with autocast(device, amp):
             emb = embed(
                 model.backbone,
                 data.images[labelled[keep]],
@@ -1099,6 +1122,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
     check_replaceable(cfg.out, FINETUNE_KIND)  # a wrong --out fails now, not after training
     require_tracker(cfg.log)  # so does a missing `track` extra
     device = resolve_device(cfg.device)
+    amp = resolve_amp_dtype(cfg.amp, device)
     generator = seed_everything(cfg.seed)
     # the order of the random draws (backbone init, splits, head init) is part of the contract
     backbone, info, data = _prepare(cfg, dataset, progress)
@@ -1111,15 +1135,19 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
     model = ClassifierModel(backbone, head)
     probe_emb = None
     if mode == "probe":
-        history, best, probe_emb = _fit_probe(cfg, model, data, lr, generator, device, progress)
+        history, best, probe_emb = _fit_probe(
+            cfg, model, data, lr, generator, device, amp, progress
+        )
     elif cfg.head == "lp-ft":
-        history, best = _fit_lp_ft(cfg, model, data, rates, generator, device, progress)
+        history, best = _fit_lp_ft(cfg, model, data, rates, generator, device, amp, progress)
     else:
         history, best = _fit_end_to_end(
-            cfg, model, data, lr, rates["backbone_lr"], generator, device, progress
+            cfg, model, data, lr, rates["backbone_lr"], generator, device, amp, progress
         )
     model.cpu().eval()
-    train_emb, train_emb_labels = _train_embeddings(cfg, model, data, probe_emb, device, progress)
+    train_emb, train_emb_labels = _train_embeddings(
+        cfg, model, data, probe_emb, device, amp, progress
+    )
 
     spec = _model_spec(cfg, info, data, mode, head_kind)
     resolved = {
@@ -1127,7 +1155,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, dataset: Any = None) ->
         "normalize": data.normalize,
         "image_size": data.image_size,
         "device": str(device),
-        "amp": amp_name(resolve_amp_dtype(cfg.amp, device)),
+        "amp": amp_name(amp),
         **_budget_record(cfg, data, history),
     }
     run_config = _run_config(cfg, info, data, spec, resolved)

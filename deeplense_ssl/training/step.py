@@ -3,6 +3,7 @@ autocast dtype comes from ``runtime.resolve_amp_dtype``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,6 +20,30 @@ def to_channels_last(inputs: Any) -> Any:
     if isinstance(inputs, (list, tuple)):
         return type(inputs)(to_channels_last(x) for x in inputs)
     return inputs
+
+
+def backward_step(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float | None = None,
+    params: Sequence[Tensor] = (),
+) -> None:
+    """Backpropagate ``loss`` and step ``optimizer``, through ``scaler`` when it is enabled
+    (float16 loss scaling), first clipping the global gradient norm of ``params`` to
+    ``grad_clip`` if given (unscaled gradients)."""
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
 
 
 def training_step(
@@ -59,16 +84,5 @@ def training_step(
         outputs = net(inputs)
     loss = method.loss(outputs, aux)
     params = [p for p in method.parameters() if p.requires_grad]
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
+    backward_step(loss, optimizer, scaler, grad_clip, params)
     return loss.detach()
