@@ -209,7 +209,9 @@ _KILL_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["simclr", "byol", "dino"])  # plain, EMA target, EMA + centre
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path, method):
-    kw = dict(epochs=2, batch_size=2, checkpoint_every_steps=1, lr=0.05, method=method)
+    # float32: with `amp auto` a CPU with native bf16 would train this in bf16, where DINO on
+    # batches of 2 diverged in some runs; resume itself is not about precision
+    kw = dict(epochs=2, batch_size=2, checkpoint_every_steps=1, lr=0.05, method=method, amp="off")
     ref, killed, step = kill_and_resume(
         _KILL_SCRIPT, lambda out, **more: _cfg(out, **kw, **more), tmp_path, 3
     )
